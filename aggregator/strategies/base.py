@@ -1,0 +1,89 @@
+"""The one interface every server strategy implements.
+
+A strategy is pure: it holds the global weights, the version and its own buffers,
+and ``apply`` decides what an update does to them. No I/O, no clocks; the asyncio
+service (or the simulator) that feeds it lives elsewhere.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedmq.errors import UpdateRejected
+from fedmq.model import Weights, copy_weights
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What a strategy sees of one device update: a float32 delta against ``base_version``."""
+
+    delta: Mapping[str, np.ndarray]
+    base_version: int
+    num_samples: int
+    device: str = ""
+    seq: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Holds the global model and turns contributions into new versions."""
+
+    name: ClassVar[str]
+
+    def __init__(self, weights: Mapping[str, np.ndarray], version: int = 0) -> None:
+        self._weights = copy_weights(weights)
+        self._version = int(version)
+
+    @property
+    def weights(self) -> Weights:
+        """The current global weights (do not mutate)."""
+        return self._weights
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def staleness(self, c: Contribution) -> int:
+        """Versions published since the device's base; a base from the future is refused."""
+        tau = self._version - c.base_version
+        if tau < 0:
+            raise UpdateRejected(
+                "future_version",
+                f"base_version {c.base_version} is newer than the global version {self._version}",
+                device=c.device,
+                staleness=tau,
+            )
+        return tau
+
+    @abstractmethod
+    def apply(self, c: Contribution) -> bool:
+        """Take one contribution; return True when it produced a new global version.
+
+        Raises ``UpdateRejected`` (with a reason code) when the update is refused;
+        a refused update leaves weights, version and buffers exactly as they were.
+        """
+
+    def flush(self) -> bool:
+        """Close whatever is pending (a round's deadline, a partial buffer).
+
+        Returns True when that produced a new version. The default has nothing pending.
+        """
+        return False
+
+    @property
+    def pending(self) -> int:
+        """Contributions accepted but not yet folded into a version."""
+        return 0
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """The strategy's parameters, as published in ``AggregatorStatus``."""
+
+    def _publish(self, weights: Weights) -> None:
+        self._weights = weights
+        self._version += 1

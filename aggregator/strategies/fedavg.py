@@ -1,0 +1,81 @@
+"""Synchronous FedAvg (McMahan et al. 2017): the baseline every comparison is made against.
+
+Round ``r`` serves version ``r``. Only updates trained on that version count; the round
+closes when ``clients_per_round`` have reported, or when the driver calls ``flush()`` at
+the round's deadline. The new model is the sample-weighted mean of the round's
+local models: ``x <- x + eta_g * sum(n_i delta_i) / sum(n_i)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from aggregator.strategies.base import Contribution, Strategy
+from fedmq.errors import ConfigError, UpdateRejected
+
+
+class FedAvg(Strategy):
+    name = "fedavg"
+
+    def __init__(
+        self,
+        weights: Mapping[str, np.ndarray],
+        version: int = 0,
+        *,
+        clients_per_round: int = 10,
+        server_lr: float = 1.0,
+    ) -> None:
+        super().__init__(weights, version)
+        if clients_per_round < 1:
+            raise ConfigError("bad_param", "clients_per_round must be >= 1")
+        if not server_lr > 0:
+            raise ConfigError("bad_param", f"server_lr must be > 0, got {server_lr}")
+        self.clients_per_round = int(clients_per_round)
+        self.server_lr = float(server_lr)
+        self._round: dict[str, tuple[int, Mapping[str, np.ndarray]]] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._round)
+
+    def apply(self, c: Contribution) -> bool:
+        tau = self.staleness(c)
+        if tau != 0:
+            raise UpdateRejected(
+                "late_for_round",
+                f"update trained on version {c.base_version}, round {self._version} is open",
+                device=c.device,
+                staleness=tau,
+            )
+        key = c.device or f"#{len(self._round)}"
+        if key in self._round:
+            raise UpdateRejected(
+                "duplicate_in_round",
+                f"device {c.device} already reported this round",
+                device=c.device,
+            )
+        self._round[key] = (c.num_samples, c.delta)
+        if len(self._round) >= self.clients_per_round:
+            return self.flush()
+        return False
+
+    def flush(self) -> bool:
+        if not self._round:
+            return False
+        total = float(sum(n for n, _ in self._round.values()))
+        eta = self.server_lr
+        new = {}
+        for name, x in self._weights.items():
+            mean = sum(
+                (np.float32(n / total) * d[name] for n, d in self._round.values()), np.zeros_like(x)
+            )
+            new[name] = (x + np.float32(eta) * mean).astype(np.float32)
+        self._publish(new)
+        self._round.clear()
+        return True
+
+    def params(self) -> dict[str, Any]:
+        return {"clients_per_round": self.clients_per_round, "server_lr": self.server_lr}

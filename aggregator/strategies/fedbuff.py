@@ -1,0 +1,81 @@
+"""FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation").
+
+Deltas are buffered; each is scaled by ``1 / sqrt(1 + tau)`` and weighted by its
+sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from aggregator.strategies.base import Contribution, Strategy
+from fedmq.errors import ConfigError, UpdateRejected
+
+
+class FedBuff(Strategy):
+    name = "fedbuff"
+
+    def __init__(
+        self,
+        weights: Mapping[str, np.ndarray],
+        version: int = 0,
+        *,
+        k: int = 10,
+        server_lr: float = 1.0,
+        max_staleness: int = 64,
+    ) -> None:
+        super().__init__(weights, version)
+        if k < 1:
+            raise ConfigError("bad_param", f"FedBuff buffer size k must be >= 1, got {k}")
+        if not server_lr > 0:
+            raise ConfigError("bad_param", f"FedBuff server_lr must be > 0, got {server_lr}")
+        if max_staleness < 0:
+            raise ConfigError("bad_param", "max_staleness must be >= 0")
+        self.k = int(k)
+        self.server_lr = float(server_lr)
+        self.max_staleness = int(max_staleness)
+        self._buffer: list[tuple[float, int, Mapping[str, np.ndarray]]] = []
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def apply(self, c: Contribution) -> bool:
+        tau = self.staleness(c)
+        if tau > self.max_staleness:
+            raise UpdateRejected(
+                "too_stale",
+                f"update is {tau} versions old; the limit is {self.max_staleness}",
+                device=c.device,
+                staleness=tau,
+            )
+        self._buffer.append((1.0 / np.sqrt(1.0 + tau), c.num_samples, c.delta))
+        if len(self._buffer) >= self.k:
+            return self.flush()
+        return False
+
+    def combine(self) -> dict[str, np.ndarray]:
+        """The sample-weighted mean of the staleness-scaled buffered deltas."""
+        total = float(sum(n for _, n, _ in self._buffer))
+        return {
+            name: sum(
+                (np.float32(scale * n / total) * delta[name] for scale, n, delta in self._buffer),
+                np.zeros_like(x),
+            ).astype(np.float32)
+            for name, x in self._weights.items()
+        }
+
+    def flush(self) -> bool:
+        if not self._buffer:
+            return False
+        mean = self.combine()
+        eta = np.float32(self.server_lr)
+        self._publish({k: (x + eta * mean[k]).astype(np.float32) for k, x in self._weights.items()})
+        self._buffer.clear()
+        return True
+
+    def params(self) -> dict[str, Any]:
+        return {"k": self.k, "server_lr": self.server_lr, "max_staleness": self.max_staleness}

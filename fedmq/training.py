@@ -1,0 +1,138 @@
+"""Local training on a device, as a pure function: weights and data in, delta out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmq.errors import ModelError
+from fedmq.model import Arch, Weights, check_weights, copy_weights, global_norm, loss_and_grads
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Local training hyper-parameters; the aggregator ships them in ``GlobalModel.hyper``.
+
+    ``mu`` is the FedProx proximal weight (0 = plain FedAvg local SGD); ``clip`` bounds
+    the L2 norm of the delta (0 = no clipping); ``noise`` is the standard deviation of
+    Gaussian noise added to the clipped delta, as a multiple of ``clip`` (client-level DP).
+    """
+
+    lr: float = 0.05
+    epochs: int = 1
+    batch: int = 16
+    mu: float = 0.0
+    clip: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0 and np.isfinite(self.lr),
+            "epochs": isinstance(self.epochs, int) and 1 <= self.epochs <= 1000,
+            "batch": isinstance(self.batch, int) and 1 <= self.batch <= 1_000_000,
+            "mu": self.mu >= 0 and np.isfinite(self.mu),
+            "clip": self.clip >= 0 and np.isfinite(self.clip),
+            "noise": self.noise >= 0 and np.isfinite(self.noise),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ModelError(
+                    "bad_hyper", f"hyper-parameter {name}={getattr(self, name)!r} is out of range"
+                )
+        if self.noise > 0 and self.clip <= 0:
+            raise ModelError("bad_hyper", "noise needs clip > 0: the noise scale is noise * clip")
+
+    def to_dict(self) -> dict:
+        return {
+            "lr": self.lr,
+            "epochs": self.epochs,
+            "batch": self.batch,
+            "mu": self.mu,
+            "clip": self.clip,
+        }
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    loss: float  # mean training loss over the last epoch
+    samples: int
+    steps: int
+    seconds: float
+    clipped: bool
+
+
+def clip_delta(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Weights, bool]:
+    """Scale ``delta`` down to L2 norm ``max_norm`` if it is longer; report whether it was."""
+    norm = global_norm(delta)
+    if max_norm <= 0 or norm <= max_norm:
+        return dict(delta), False
+    factor = np.float32(max_norm / norm)
+    return {k: (v * factor).astype(np.float32) for k, v in delta.items()}, True
+
+
+def train_local(
+    arch: Arch,
+    base: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    hyper: Hyper,
+    rng: np.random.Generator,
+) -> tuple[Weights, TrainStats]:
+    """E epochs of mini-batch SGD from ``base``; returns ``local - base`` and stats.
+
+    FedProx (Li et al. 2020) adds ``mu/2 * ||w - base||^2`` to the loss, i.e.
+    ``mu * (w - base)`` to each gradient.
+    """
+    check_weights(arch, base)
+    n = len(x)
+    if n == 0:
+        raise ModelError("no_data", "cannot train on an empty data set")
+    if x.ndim != 2 or x.shape[1] != arch.n_inputs:
+        raise ModelError(
+            "bad_data", f"features have shape {x.shape}, model expects (n, {arch.n_inputs})"
+        )
+    # Unchecked, extra labels are ignored and a negative class silently indexes from the end.
+    labels = np.asarray(y)
+    if len(labels) != n:
+        raise ModelError("bad_data", f"{len(labels)} labels for {n} rows of features")
+    if arch.is_classifier and (
+        labels.ndim != 1 or labels.min() < 0 or labels.max() >= arch.n_outputs
+    ):
+        raise ModelError("bad_data", f"class labels must be a vector in 0..{arch.n_outputs - 1}")
+    started = time.perf_counter()
+    w = copy_weights(base)
+    steps = 0
+    epoch_loss = 0.0
+    lr = np.float32(hyper.lr)
+    for _ in range(hyper.epochs):
+        order = rng.permutation(n)
+        total, seen = 0.0, 0
+        for start in range(0, n, hyper.batch):
+            idx = order[start : start + hyper.batch]
+            batch_loss, grads = loss_and_grads(arch, w, x[idx], y[idx])
+            for name, g in grads.items():
+                if hyper.mu:
+                    g = g + np.float32(hyper.mu) * (w[name] - base[name])
+                w[name] -= lr * g
+            total += batch_loss * len(idx)
+            seen += len(idx)
+            steps += 1
+        epoch_loss = total / seen
+    delta = {k: (w[k] - base[k]).astype(np.float32) for k in w}
+    delta, clipped = clip_delta(delta, hyper.clip)
+    if hyper.noise > 0:
+        sigma = hyper.noise * hyper.clip
+        delta = {
+            k: (v + rng.normal(0.0, sigma, v.shape)).astype(np.float32) for k, v in delta.items()
+        }
+    stats = TrainStats(
+        loss=float(epoch_loss),
+        samples=n,
+        steps=steps,
+        seconds=time.perf_counter() - started,
+        clipped=clipped,
+    )
+    return delta, stats
