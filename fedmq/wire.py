@@ -322,7 +322,9 @@ class Update(Message):
             if encoding == "q8":
                 peak = float(np.abs(arr).max(initial=0.0))
                 scale = peak / 127.0 if peak > 0 else 1.0
-                tensors[name] = np.clip(np.rint(arr / scale), -127, 127).astype(np.int8)
+                # float64: a subnormal peak gives a scale that would be 0 in float32.
+                q = np.rint(arr.astype(np.float64) / scale)
+                tensors[name] = np.clip(q, -127, 127).astype(np.int8)
                 scales[name] = scale
             else:
                 tensors[name] = arr.astype(ENCODINGS[encoding])

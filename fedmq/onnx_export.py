@@ -1,0 +1,158 @@
+"""Export a model (``fedmq.model.Arch`` + weights) as an ONNX graph.
+
+``onnx`` is imported inside the functions only: importing this module must not pull it
+in, since devices install ``fedmq[agent]`` without it. The server installs
+``fedmq[aggregator]``, which brings ``onnx`` (and ``onnxruntime`` to check the export).
+
+The graph takes ``x``: float32 ``[N, n_inputs]`` (``N`` symbolic). An MLP outputs
+``logits`` and ``probabilities`` (softmax over the last axis); a linear model outputs
+``y``. Hidden layers apply the arch's activation; the last layer is raw, exactly as
+``fedmq.model.forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedmq._version import __version__
+from fedmq.errors import ModelError
+from fedmq.model import Arch, check_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+
+OPSET = 17
+IR_VERSION = 8  # set explicitly so that older onnxruntime releases can load the model
+
+INPUT = "x"
+BATCH_DIM = "N"
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ModelError(
+            "missing_dependency",
+            "ONNX export needs the onnx package: install fedmq[aggregator]",
+        ) from exc
+    return onnx
+
+
+def _weights_sha256(arch: Arch, weights: Mapping[str, np.ndarray]) -> str:
+    # Must equal fedmq.wire.weights_sha256: SHA-256 over the concatenation, in
+    # arch.param_shapes() order, of each tensor as C-contiguous little-endian float32.
+    h = hashlib.sha256()
+    for name in arch.param_shapes():
+        h.update(np.ascontiguousarray(weights[name], dtype="<f4").tobytes())
+    return h.hexdigest()
+
+
+def _build_graph(onnx: Any, arch: Arch, weights: Mapping[str, np.ndarray]) -> onnx.GraphProto:
+    helper, numpy_helper, tp = onnx.helper, onnx.numpy_helper, onnx.TensorProto
+    initializers = [
+        numpy_helper.from_array(np.ascontiguousarray(weights[name], dtype=np.float32), name)
+        for name in arch.param_shapes()
+    ]
+    nodes = []
+    n_layers = len(arch.layers) - 1
+    hidden = n_layers - 1 if arch.kind == "mlp" else 0
+    act_op = "Relu" if arch.activation == "relu" else "Tanh"
+    last_out = "logits" if arch.is_classifier else "y"
+    h = INPUT
+    for i in range(n_layers):
+        mm = f"matmul{i}"
+        z = f"z{i}" if i < n_layers - 1 else last_out
+        nodes.append(helper.make_node("MatMul", [h, f"w{i}"], [mm], name=f"MatMul_{i}"))
+        nodes.append(helper.make_node("Add", [mm, f"b{i}"], [z], name=f"Add_{i}"))
+        h = z
+        if i < hidden:
+            a = f"h{i}"
+            nodes.append(helper.make_node(act_op, [z], [a], name=f"{act_op}_{i}"))
+            h = a
+    outputs = [helper.make_tensor_value_info(last_out, tp.FLOAT, [BATCH_DIM, arch.n_outputs])]
+    if arch.is_classifier:
+        nodes.append(
+            helper.make_node("Softmax", ["logits"], ["probabilities"], name="Softmax", axis=-1)
+        )
+        outputs.append(
+            helper.make_tensor_value_info("probabilities", tp.FLOAT, [BATCH_DIM, arch.n_outputs])
+        )
+    inputs = [helper.make_tensor_value_info(INPUT, tp.FLOAT, [BATCH_DIM, arch.n_inputs])]
+    return helper.make_graph(nodes, f"fedmq_{arch.kind}", inputs, outputs, initializers)
+
+
+def to_onnx(
+    arch: Arch,
+    weights: Mapping[str, np.ndarray],
+    *,
+    model_version: int,
+    sha256: str | None = None,
+) -> bytes:
+    """Serialized ONNX model (opset ``OPSET``, IR ``IR_VERSION``) computing ``forward``.
+
+    Metadata: ``fedmq_version``, ``model_version``, ``sha256`` of the weights (computed
+    when not given) and ``arch`` (JSON). Raises ModelError ``bad_weights`` when the
+    weights do not fit ``arch``, ``missing_dependency`` when onnx is not installed.
+    """
+    check_weights(arch, weights)
+    onnx = _import_onnx()
+    if sha256 is None:
+        sha256 = _weights_sha256(arch, weights)
+    graph = _build_graph(onnx, arch, weights)
+    model = onnx.helper.make_model(
+        graph,
+        producer_name="fedmq",
+        producer_version=__version__,
+        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+    )
+    model.ir_version = IR_VERSION
+    onnx.helper.set_model_props(
+        model,
+        {
+            "fedmq_version": __version__,
+            "model_version": str(int(model_version)),
+            "sha256": sha256,
+            "arch": json.dumps(arch.to_dict()),
+        },
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+def write_onnx(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with contextlib.suppress(OSError):  # mkstemp makes it 0600; publish it readable
+            os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; not every platform can open a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
