@@ -1,0 +1,91 @@
+"""The agent's settings: TOML file < FEDMQ_* environment < flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedmq.config import BrokerConfig, layered, load_toml
+from fedmq.errors import ConfigError
+from fedmq.topics import validate_device_id, validate_fleet
+
+# name -> type; every one may come from the [agent] table, $FEDMQ_<NAME> or --<name>.
+FIELDS: dict[str, type] = {
+    "broker": str,
+    "username": str,
+    "password": str,
+    "ca": Path,
+    "cert": Path,
+    "key": Path,
+    "fleet": str,
+    "device": str,
+    "data": Path,
+    "label": str,
+    "task": str,
+    "state_dir": Path,
+    "encoding": str,
+    "keepalive": int,
+    "compute_delay": float,
+    "seed": int,
+}
+ENCODINGS = ("f32", "f16", "q8")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    broker: BrokerConfig
+    device: str
+    fleet: str = "default"
+    state_dir: Path = Path("fedmq-state")
+    data: Path | None = None
+    label: str = "label"
+    task: str = "classification"
+    encoding: str = "f32"
+    keepalive: int = 30
+    timeout: float = 10.0
+    backoff_base: float = 0.5
+    backoff_cap: float = 30.0
+    compute_delay: float = 0.0  # extra seconds per run; the demo's simulated slow devices
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device)
+        validate_fleet(self.fleet)
+        if self.task not in ("classification", "regression"):
+            raise ConfigError("bad_setting", "task must be classification or regression")
+        if self.encoding not in ENCODINGS:
+            raise ConfigError("bad_setting", f"encoding must be one of {ENCODINGS}")
+        if not 5 <= self.keepalive <= 3600:
+            raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
+        if self.compute_delay < 0:
+            raise ConfigError("bad_setting", "compute_delay must be >= 0")
+
+
+def load_agent_config(
+    path: str | Path | None = None,
+    *,
+    flags: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> AgentConfig:
+    """Build the agent's config; the TOML file's ``[agent]`` table holds the same names."""
+    file = load_toml(path).get("agent", {}) if path else {}
+    if not isinstance(file, dict):
+        raise ConfigError("bad_toml", "[agent] must be a table")
+    s = layered(FIELDS, file=file, env=env, flags=flags)
+    for required in ("broker", "device"):
+        if required not in s:
+            raise ConfigError(
+                "missing_setting",
+                f"{required} is not set: give --{required}, $FEDMQ_{required.upper()} "
+                f"or {required} = ... in the [agent] table",
+            )
+    broker = BrokerConfig.from_url(
+        s.pop("broker"),
+        username=s.pop("username", None),
+        password=s.pop("password", None),
+        ca=s.pop("ca", None),
+        cert=s.pop("cert", None),
+        key=s.pop("key", None),
+    )
+    return AgentConfig(broker=broker, **s)

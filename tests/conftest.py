@@ -1,0 +1,115 @@
+"""Fixtures shared by the whole suite: real brokers, and a fleet name of each test's own.
+
+Broker fixtures come per test (``mosquitto``, ``embedded_broker``: a fresh broker, e.g. for
+restart tests) and per session (``mosquitto_session``, ``embedded_broker_session``: one
+broker shared by many tests, each isolated by its ``fleet``). ``broker`` runs a test once
+against each kind. A missing Mosquitto skips its tests, except under CI or
+``FEDMQ_REQUIRE_MOSQUITTO=1``, where it fails them. The embedded broker is fedmq's own
+code and always available.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from fedmq.errors import BrokerError
+from tools.broker import EmbeddedBroker, LocalBroker, MosquittoBroker
+
+FLEET_MAX = 64
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def make_broker(kind: str, **options: Any) -> LocalBroker:
+    """An unstarted broker of ``kind``; a missing Mosquitto skips the test, or fails it
+    under CI or FEDMQ_REQUIRE_MOSQUITTO=1."""
+    if kind == "embedded":
+        return EmbeddedBroker(**options)
+    if kind != "mosquitto":
+        raise ValueError(f"unknown broker kind {kind!r}")
+    try:
+        return MosquittoBroker(**options)
+    except BrokerError as exc:
+        if exc.reason != "no_mosquitto":
+            raise
+        for flag in ("CI", "FEDMQ_REQUIRE_MOSQUITTO"):
+            if _env_flag(flag):
+                pytest.fail(f"{exc} (required because {flag} is set)", pytrace=False)
+        pytest.skip(str(exc))
+
+
+@contextmanager
+def _running(kind: str) -> Iterator[LocalBroker]:
+    with make_broker(kind) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[LocalBroker]:
+    """A Mosquitto of this test's own (``broker_config/dev.conf``, free loopback port)."""
+    with _running("mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def mosquitto_session() -> Iterator[LocalBroker]:
+    """One Mosquitto for the whole session; isolate tests with ``fleet``."""
+    with _running("mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[LocalBroker]:
+    """An embedded broker of this test's own, on a free loopback port."""
+    with _running("embedded") as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def embedded_broker_session() -> Iterator[LocalBroker]:
+    """One embedded broker for the whole session; isolate tests with ``fleet``."""
+    with _running("embedded") as broker:
+        yield broker
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def broker(request: pytest.FixtureRequest) -> LocalBroker:
+    """Each kind of broker in turn, shared across the session."""
+    shared = {"mosquitto": "mosquitto_session", "embedded": "embedded_broker_session"}
+    return request.getfixturevalue(shared[request.param])
+
+
+@pytest.fixture
+def new_broker() -> Iterator[Callable[..., LocalBroker]]:
+    """``new_broker(kind, **options)``: unstarted brokers, all closed when the test ends."""
+    made: list[LocalBroker] = []
+
+    def make(kind: str, **options: Any) -> LocalBroker:
+        made.append(make_broker(kind, **options))
+        return made[-1]
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest) -> str:
+    """A fleet name of this test's own: its node name in [a-z0-9_-], unique, ≤ 64 chars.
+
+    Topics live under ``fl/{fleet}/``, so tests sharing a broker never see each other's
+    messages, retained ones included; the random suffix keeps reruns apart too.
+    """
+    suffix = uuid.uuid4().hex[:8]
+    name = re.sub(r"[^a-z0-9_-]+", "-", request.node.name.lower())
+    name = name[: FLEET_MAX - len(suffix) - 1].strip("-_") or "test"
+    return f"{name}-{suffix}"

@@ -1,0 +1,122 @@
+"""``fedmq aggregator`` and ``fedmq agent`` as separate processes, as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import pytest
+
+from fedmq.config import BrokerConfig
+from fedmq.data import Dataset, save_npz
+from fedmq.topics import Topics
+from fedmq.wire import AggregatorStatus
+from tools.partition import partition
+from tools.tasks import load_task
+
+pytestmark = pytest.mark.broker
+FEDMQ = [sys.executable, "-c", "from tools.entry import main; main()"]
+
+
+def _shards(tmp_path: Path, n: int) -> tuple[list[Path], Path]:
+    task = load_task("digits")
+    paths = []
+    for i, idx in enumerate(partition("iid", task.train.y, n, np.random.default_rng(0))):
+        paths.append(tmp_path / f"dev{i}.npz")
+        save_npz(paths[-1], Dataset(task.train.x[idx], task.train.y[idx]))
+    save_npz(tmp_path / "eval.npz", task.test)
+    return paths, tmp_path / "eval.npz"
+
+
+async def _accuracy_reaches(url: str, fleet: str, goal: float, timeout: float) -> AggregatorStatus:
+    async def watch() -> AggregatorStatus:
+        async with aiomqtt.Client(**BrokerConfig.from_url(url).client_kwargs()) as c:
+            await c.subscribe(Topics(fleet).aggregator_status, qos=1)
+            async for message in c.messages:
+                status = AggregatorStatus.decode(bytes(message.payload))
+                if status.last_accuracy is not None and status.last_accuracy >= goal:
+                    return status
+        raise AssertionError("the connection closed")
+
+    return await asyncio.wait_for(watch(), timeout)
+
+
+async def test_daemon_and_agents_as_processes_learn_and_stop_cleanly(mosquitto, fleet, tmp_path):
+    shards, evalset = _shards(tmp_path, 4)
+    logs = [(tmp_path / f"{name}.log").open("wb") for name in ("agg", "a0", "a1", "a2", "a3")]
+    common = ["--broker", mosquitto.url, "--fleet", fleet]
+    agg = subprocess.Popen(
+        [
+            *FEDMQ,
+            "aggregator",
+            *common,
+            "--model",
+            "mlp:64,32,10",
+            "--strategy",
+            "fedasync",
+            "--eval",
+            str(evalset),
+            "--out-dir",
+            str(tmp_path / "agg"),
+        ],
+        stderr=logs[0],
+    )
+    agents = [
+        subprocess.Popen(
+            [
+                *FEDMQ,
+                "agent",
+                *common,
+                "--device",
+                f"dev{i}",
+                "--data",
+                str(path),
+                "--state-dir",
+                str(tmp_path / f"state{i}"),
+            ],
+            stderr=logs[i + 1],
+        )
+        for i, path in enumerate(shards)
+    ]
+    procs = [agg, *agents]
+    try:
+        status = await _accuracy_reaches(mosquitto.url, fleet, 0.85, timeout=120)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [await asyncio.to_thread(proc.wait, 15) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for log in logs:
+            log.close()
+        errors = [Path(log.name).read_text() for log in logs]
+    assert codes == [0] * len(procs), errors
+    assert not any("Traceback" in e for e in errors), errors
+    assert status.strategy == "fedasync" and status.accepted > 0
+    history = [json.loads(x) for x in (tmp_path / "agg/history.jsonl").read_text().splitlines()]
+    assert history[-1]["accuracy"] >= 0.85
+    assert (tmp_path / "agg/model.onnx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["aggregator", "--broker", "mqtt://127.0.0.1:1", "--model", "mlp:64"], "model"),
+        (["aggregator", "--broker", "ftp://x", "--model", "mlp:4,2"], "ftp"),
+        (["aggregator", "--model", "mlp:4,2"], "broker"),
+        (["aggregator", "--broker", "mqtt://h", "--model", "mlp:4,2", "--strategy", "x"], "x"),
+        (["agent", "--broker", "mqtt://h", "--device", "a/b", "--data", "x.npz"], "a/b"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(args, needle, tmp_path):
+    proc = subprocess.run([*FEDMQ, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode not in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle in proc.stderr

@@ -1,0 +1,95 @@
+"""``fedmq simulate``: the virtual-clock fleet, its determinism, and its command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedmq.errors import ConfigError
+from tools.cli import app
+from tools.simulate import DelayModel, SimConfig, simulate
+
+runner = CliRunner()
+
+
+def test_the_seed_example_converges_with_fedavg():
+    out = simulate(SimConfig(task="linreg", devices=2, strategy="fedavg", budget=5)).to_dict()
+    assert abs(out["w"] - 3) < 0.1 and abs(out["b"] - 2) < 0.1, out
+    # Every round hears both devices; the last may be cut short by the budget.
+    assert 2 * out["versions"] <= out["updates_applied"] <= 2 * out["versions"] + 1
+
+
+def test_same_seed_same_result_and_another_seed_differs():
+    cfg = SimConfig(devices=8, partition="dirichlet:0.5", strategy="fedasync", budget=0.5)
+    a, b = simulate(cfg).to_dict(), simulate(cfg).to_dict()
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+    c = simulate(SimConfig(**{**cfg.__dict__, "seed": 1})).to_dict()
+    assert c["test_accuracy"] != a["test_accuracy"] or c["versions"] != a["versions"]
+
+
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff", "fedavg"])
+def test_each_strategy_learns_digits(strategy):
+    res = simulate(SimConfig(devices=10, strategy=strategy, budget=3, target=0.85))
+    out = res.to_dict()
+    assert out["test_accuracy"] >= 0.85, out
+    assert out["time_to_target_s"] is not None and out["time_to_target_s"] <= out["virtual_time_s"]
+    times = [t for t, _, _ in res.history]
+    versions = [v for _, v, _ in res.history]
+    assert times == sorted(times) and versions == sorted(versions)
+
+
+def test_asynchronous_strategies_beat_the_slowest_device():
+    # Heavy-tailed delays: FedAvg waits for the slowest device every round; the others don't.
+    kw = dict(devices=20, delays="lognormal:0.05,1.0", budget=10, target=0.9)
+    sync = simulate(SimConfig(strategy="fedavg", **kw)).to_dict()
+    buff = simulate(SimConfig(strategy="fedbuff", strategy_params={"k": 5}, **kw)).to_dict()
+    fasync = simulate(SimConfig(strategy="fedasync", **kw)).to_dict()
+    assert buff["time_to_target_s"] < sync["time_to_target_s"] / 2
+    assert fasync["time_to_target_s"] < sync["time_to_target_s"] / 2
+
+
+def test_fedbuff_with_fewer_devices_than_k_still_progresses():
+    out = simulate(SimConfig(devices=3, strategy="fedbuff", budget=1)).to_dict()
+    assert out["strategy_params"]["k"] == 3 and out["versions"] > 0
+
+
+def test_delay_models():
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(DelayModel.parse("constant:0.2").per_device(3, rng), [0.2] * 3)
+    d = DelayModel.parse("lognormal:0.05,1.0").per_device(10_000, rng)
+    assert 0.045 < np.median(d) < 0.055 and d.min() > 0
+    for bad in ["", "lognormal", "lognormal:0.05", "lognormal:-1,1", "constant:0", "gauss:1"]:
+        with pytest.raises(ConfigError):
+            DelayModel.parse(bad)
+
+
+def test_cli_json_has_the_promised_keys():
+    res = runner.invoke(app, ["simulate", "--task", "linreg", "--devices", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    keys = {"task", "strategy", "devices", "versions", "updates_applied", "w", "b", "loss"}
+    assert keys | {"virtual_time_s", "time_to_target_s", "seed"} <= set(out)
+    res = runner.invoke(app, ["simulate", "--devices", "4", "--budget", "0.3", "--json"])
+    assert {"test_accuracy", "time_to_target_s"} <= set(json.loads(res.stdout))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--partition", "dirichlet:-1"],
+        ["--delays", "lognormal:x,y"],
+        ["--budget", "0"],
+        ["--strategy", "fedasync", "--staleness", "poly:"],
+        ["--lr", "-1"],
+    ],
+)
+def test_bad_flags_are_one_clear_line(args):
+    from tools.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--devices", "2", "--json", *args])
+    assert exc.value.code not in (0, None)

@@ -1,0 +1,72 @@
+"""Start an MQTT broker on this machine for development, tests and one-machine demos.
+
+Two kinds behind one small interface, :class:`LocalBroker`:
+
+- :class:`MosquittoBroker` runs the ``mosquitto`` binary (a child process) with the
+  ``broker_config/dev.conf`` template.
+- :class:`EmbeddedBroker` runs fedmq's own small MQTT 3.1.1 broker
+  (:mod:`tools.mqtt_server`) on an event loop of its own in a background thread, for
+  machines without Mosquitto; nothing to install.
+
+Neither runs in the caller's event loop, so one blocking interface serves both:
+``with start_broker() as b: b.url``. Asyncio code writes ``async with
+EmbeddedBroker(port=0) as b`` (or any kind from :func:`choose_broker`): the blocking
+start and stop then run in a worker thread, never in the event loop, and a broker thread
+keeps serving while the caller's loop is busy.
+
+The code lives in private modules (``_broker_base``, ``_mosquitto``, ``_embedded``);
+import it from here.
+
+Why our own broker: amqtt 0.12.1 sends a connecting client the retained messages that
+match *other* clients' subscriptions (breaking per-fleet isolation) and drops QoS 1
+messages queued for offline sessions without a username; iotcore 0.4 (rumqttd) drops
+fresh connections under connect/disconnect churn (rumqttd issue #928).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fedmq.errors import ConfigError
+from tools._broker_base import LOOPBACK, LocalBroker, accepting, free_port
+from tools._embedded import EmbeddedBroker
+from tools._mosquitto import DEV_CONF, MosquittoBroker, find_mosquitto, render_config
+
+__all__ = [
+    "DEV_CONF",
+    "LOOPBACK",
+    "EmbeddedBroker",
+    "LocalBroker",
+    "MosquittoBroker",
+    "Prefer",
+    "accepting",
+    "choose_broker",
+    "find_mosquitto",
+    "free_port",
+    "render_config",
+    "start_broker",
+]
+
+Prefer = Literal["auto", "mosquitto", "embedded"]
+
+
+def choose_broker(
+    prefer: Prefer = "auto", port: int = 0, *, mosquitto_binary: str | Path | None = None
+) -> LocalBroker:
+    """An unstarted broker: Mosquitto when its binary is found (``auto``), else embedded."""
+    if prefer not in ("auto", "mosquitto", "embedded"):
+        raise ConfigError(
+            "bad_broker_kind", f"broker kind {prefer!r} is not auto|mosquitto|embedded"
+        )
+    if prefer == "embedded":
+        return EmbeddedBroker(port)
+    binary = mosquitto_binary or find_mosquitto()
+    if prefer == "mosquitto" or binary:
+        return MosquittoBroker(port, binary=binary)
+    return EmbeddedBroker(port)
+
+
+def start_broker(prefer: Prefer = "auto", port: int = 0) -> LocalBroker:
+    """A running broker (see :func:`choose_broker`); use it as a context manager to stop it."""
+    return choose_broker(prefer, port).start()

@@ -1,0 +1,300 @@
+"""An in-process discrete-event simulation of a fleet, on a virtual clock.
+
+No sleeping and no network: each device's local run takes a virtual duration drawn
+from its delay model, events are processed in time order, and the real strategy
+classes decide what each update does. The same seed gives the same result.
+
+Device behaviour mirrors the edge agent: a device trains on a version it has not
+trained on yet; when it finishes and no newer version exists, it waits for one.
+Synchronous FedAvg instead starts a round by sampling idle devices and closes it when
+all selected devices reported or the round deadline passed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aggregator.strategies import Contribution, Strategy, make_strategy
+from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.model import accuracy, init_weights, loss
+from fedmq.training import Hyper, train_local
+from tools.partition import partition
+from tools.tasks import Task, load_task
+
+# Each run's duration is the device's own delay times this much lognormal jitter,
+# so devices keep their speed ranking without moving in lockstep.
+RUN_JITTER_SIGMA = 0.1
+
+
+@dataclass(frozen=True)
+class DelayModel:
+    """Per-device compute delays: ``lognormal:MEDIAN_S,SIGMA`` or ``constant:S``."""
+
+    kind: str
+    median: float
+    sigma: float = 0.0
+
+    @classmethod
+    def parse(cls, spec: str) -> DelayModel:
+        name, _, args = spec.partition(":")
+        try:
+            nums = [float(v) for v in args.split(",")] if args else []
+        except ValueError:
+            nums = []
+        ok = (name == "lognormal" and len(nums) == 2 and nums[0] > 0 and nums[1] >= 0) or (
+            name == "constant" and len(nums) == 1 and nums[0] > 0
+        )
+        if not ok or not all(math.isfinite(v) for v in nums):
+            raise ConfigError(
+                "bad_delays",
+                f"bad delays {spec!r}: use lognormal:MEDIAN_S,SIGMA (e.g. lognormal:0.05,1.0) "
+                "or constant:S with positive numbers",
+            )
+        return cls(name, *nums)
+
+    def per_device(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.kind == "constant":
+            return np.full(n, self.median)
+        return self.median * np.exp(self.sigma * rng.standard_normal(n))
+
+    def __str__(self) -> str:
+        if self.kind == "constant":
+            return f"constant:{self.median:g}"
+        return f"lognormal:{self.median:g},{self.sigma:g}"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    task: str = "digits"
+    devices: int = 20
+    partition: str = "iid"
+    delays: str = "lognormal:0.05,1.0"
+    strategy: str = "fedbuff"
+    strategy_params: dict[str, Any] = field(default_factory=dict)
+    hyper: dict[str, Any] = field(default_factory=dict)  # overrides of the task's defaults
+    seed: int = 0
+    target: float = 0.90
+    budget: float = 30.0  # virtual seconds
+    round_deadline: float | None = None  # FedAvg only; None waits for every selected device
+    eval_interval: float = 0.05  # evaluate at most this often (virtual seconds)
+    until_target: bool = False
+
+    def __post_init__(self) -> None:
+        if self.devices < 1:
+            raise ConfigError("bad_devices", "--devices must be at least 1")
+        if not self.budget > 0:
+            raise ConfigError("bad_budget", "--budget must be a positive number of seconds")
+        if self.round_deadline is not None and not self.round_deadline > 0:
+            raise ConfigError("bad_deadline", "--round-deadline must be positive")
+
+
+@dataclass
+class _Device:
+    index: int
+    x: np.ndarray
+    y: np.ndarray
+    delay: float
+    rng: np.random.Generator
+    trained_on: int = -1
+    busy: bool = False
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    task: Task
+    versions: int
+    updates_applied: int
+    rejected: Counter
+    virtual_time_s: float
+    time_to_target_s: float | None
+    history: list[tuple[float, int, float]]  # (virtual time, version, metric)
+    weights: dict[str, np.ndarray]
+    strategy_params: dict[str, Any]
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        cfg, task = self.config, self.task
+        out: dict[str, Any] = {
+            "task": cfg.task,
+            "strategy": cfg.strategy,
+            "strategy_params": self.strategy_params,
+            "devices": cfg.devices,
+            "partition": cfg.partition,
+            "delays": cfg.delays,
+            "hyper": _hyper(task, cfg).to_dict(),
+            "seed": cfg.seed,
+            "versions": self.versions,
+            "updates_applied": self.updates_applied,
+            "updates_rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(sorted(self.rejected.items())),
+        }
+        if task.arch.is_classifier:
+            final = accuracy(task.arch, self.weights, task.test.x, task.test.y)
+            out["test_accuracy"] = round(final, 4)
+            out["best_accuracy"] = round(max(m for _, _, m in self.history), 4)
+            out["target"] = cfg.target
+        else:
+            out["w"] = round(float(self.weights["w0"][0, 0]), 4)
+            out["b"] = round(float(self.weights["b0"][0]), 4)
+            out["loss"] = round(loss(task.arch, self.weights, task.test.x, task.test.y), 6)
+        out["test_loss"] = round(loss(task.arch, self.weights, task.test.x, task.test.y), 6)
+        out["virtual_time_s"] = round(self.virtual_time_s, 4)
+        out["time_to_target_s"] = (
+            None if self.time_to_target_s is None else round(self.time_to_target_s, 4)
+        )
+        out["wall_s"] = round(self.wall_s, 3)
+        return out
+
+
+def _hyper(task: Task, cfg: SimConfig) -> Hyper:
+    base = task.hyper.__dict__ | cfg.hyper
+    return Hyper(**base)
+
+
+Progress = Callable[[float, int, float], None]
+
+
+class _Simulation:
+    def __init__(self, cfg: SimConfig, progress: Progress | None) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.task = load_task(cfg.task, seed=cfg.seed)
+        if not self.task.arch.is_classifier and cfg.partition != "iid":
+            raise ConfigError("bad_partition", "a regression task can only be split iid")
+        rng = np.random.default_rng(cfg.seed)
+        self.hyper = _hyper(self.task, cfg)
+        delays = DelayModel.parse(cfg.delays).per_device(cfg.devices, rng)
+        parts = partition(cfg.partition, self.task.train.y, cfg.devices, rng)
+        self.devices = [
+            _Device(i, self.task.train.x[idx], self.task.train.y[idx], float(delays[i]), rng_i)
+            for i, (idx, rng_i) in enumerate(zip(parts, rng.spawn(cfg.devices), strict=True))
+        ]
+        self.rng = rng
+        params = dict(cfg.strategy_params)
+        if cfg.strategy == "fedavg":
+            params.setdefault("clients_per_round", cfg.devices)
+        elif cfg.strategy == "fedbuff":
+            # Each device sends one update per version: a buffer larger than the fleet never fills.
+            params.setdefault("k", min(10, cfg.devices))
+        self.strategy: Strategy = make_strategy(
+            cfg.strategy, init_weights(self.task.arch, cfg.seed), 0, **params
+        )
+        self.sync = cfg.strategy == "fedavg"
+        self.events: list[tuple[float, int, str, int, Any]] = []
+        self._tick = 0
+        self.now = 0.0
+        self.applied = 0
+        self.rejected: Counter = Counter()
+        self.history: list[tuple[float, int, float]] = []
+        self.time_to_target: float | None = None
+        self.last_eval = -math.inf
+        self.round_id = 0
+
+    def _push(self, t: float, kind: str, device: int, payload: Any) -> None:
+        self._tick += 1
+        heapq.heappush(self.events, (t, self._tick, kind, device, payload))
+
+    def _start(self, dev: _Device) -> None:
+        version = self.strategy.version
+        base = self.strategy.weights
+        dev.busy, dev.trained_on = True, version
+        duration = dev.delay * math.exp(RUN_JITTER_SIGMA * dev.rng.standard_normal())
+        self._push(self.now + duration, "done", dev.index, (version, base))
+
+    def _start_round(self) -> None:
+        idle = [d for d in self.devices if not d.busy]
+        want = min(self.strategy.params()["clients_per_round"], len(idle))
+        chosen = self.rng.choice(len(idle), size=want, replace=False) if want else []
+        for i in sorted(chosen):
+            self._start(idle[i])
+        self.round_id += 1
+        if self.cfg.round_deadline is not None:
+            self._push(self.now + self.cfg.round_deadline, "deadline", -1, self.round_id)
+
+    def _evaluate(self, force: bool = False) -> None:
+        if not force and self.now - self.last_eval < self.cfg.eval_interval:
+            return
+        self.last_eval = self.now
+        task, w = self.task, self.strategy.weights
+        if task.arch.is_classifier:
+            metric = accuracy(task.arch, w, task.test.x, task.test.y)
+            if self.time_to_target is None and metric >= self.cfg.target:
+                self.time_to_target = self.now
+        else:
+            metric = loss(task.arch, w, task.test.x, task.test.y)
+        self.history.append((self.now, self.strategy.version, metric))
+        if self.progress:
+            self.progress(self.now, self.strategy.version, metric)
+
+    def _new_version(self) -> None:
+        self._evaluate()
+        if self.sync:
+            self._start_round()
+            return
+        for dev in self.devices:
+            if not dev.busy:
+                self._start(dev)
+
+    def _finish(self, dev: _Device, base_version: int, base: dict[str, np.ndarray]) -> None:
+        delta, stats = train_local(self.task.arch, base, dev.x, dev.y, self.hyper, dev.rng)
+        dev.busy = False
+        c = Contribution(delta, base_version, stats.samples, device=f"sim-{dev.index:04d}")
+        try:
+            new_version = self.strategy.apply(c)
+            self.applied += 1
+        except UpdateRejected as exc:
+            self.rejected[exc.reason] += 1
+            new_version = False
+        if new_version:
+            self._new_version()
+        elif not self.sync and self.strategy.version > dev.trained_on:
+            self._start(dev)
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        self._evaluate(force=True)
+        if self.sync:
+            self._start_round()
+        else:
+            for dev in self.devices:
+                self._start(dev)
+        while self.events and self.events[0][0] <= self.cfg.budget:
+            self.now, _, kind, index, payload = heapq.heappop(self.events)
+            if kind == "done":
+                self._finish(self.devices[index], *payload)
+            elif kind == "deadline" and payload == self.round_id:
+                # A round nobody finished in time is simply started again.
+                if self.strategy.flush():
+                    self._new_version()
+                else:
+                    self._start_round()
+            if self.cfg.until_target and self.time_to_target is not None:
+                break
+        self._evaluate(force=True)
+        return SimResult(
+            config=self.cfg,
+            task=self.task,
+            versions=self.strategy.version,
+            updates_applied=self.applied,
+            rejected=self.rejected,
+            virtual_time_s=self.now,
+            time_to_target_s=self.time_to_target,
+            history=self.history,
+            weights=self.strategy.weights,
+            strategy_params=self.strategy.params(),
+            wall_s=time.perf_counter() - started,
+        )
+
+
+def simulate(cfg: SimConfig, progress: Progress | None = None) -> SimResult:
+    """Run one simulation to its virtual-time budget (or its target, if asked)."""
+    return _Simulation(cfg, progress).run()
