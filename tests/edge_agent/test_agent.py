@@ -74,12 +74,15 @@ def _agent(url: str, fleet: str, state_dir: Path, device: str = "pi-1") -> Agent
 
 async def test_agent_trains_on_the_retained_model_and_sends_its_delta(mosquitto, fleet, tmp_path):
     topics = Topics(fleet)
-    async with _client(mosquitto.url, topics.updates_filter) as observer:
+    status = topics.device_status("pi-1")
+    async with _client(mosquitto.url, topics.updates_filter, status) as observer:
         await observer.publish(topics.model_global, _model(3), qos=1, retain=True)
         stop = asyncio.Event()
         agent = _agent(mosquitto.url, fleet, tmp_path)
         task = asyncio.create_task(agent.run(stop))
         message = await _next(observer, topics.updates_filter)
+        # "idle" follows the broker's acknowledgement of the update.
+        idle = await _status_until(observer, status, "idle")
         stop.set()
         await task
     update = Update.decode(bytes(message.payload), shapes=ARCH.param_shapes())
@@ -88,6 +91,7 @@ async def test_agent_trains_on_the_retained_model_and_sends_its_delta(mosquitto,
     assert update.num_samples == 60 and update.steps > 0
     assert any(np.abs(d).max() > 0 for d in update.dense_delta().values())
     assert agent.stats.updates_sent == 1 and agent.stats.bytes_up == len(message.payload)
+    assert (idle.last_seq, idle.model_version, idle.samples) == (0, 3, 60)
 
 
 async def test_a_restarted_agent_continues_its_seq(mosquitto, fleet, tmp_path):
@@ -140,7 +144,6 @@ async def test_a_republished_version_prompts_a_new_run(mosquitto, fleet, tmp_pat
         await task
     assert (first.base_version, second.base_version) == (4, 4)
     assert second.seq == first.seq + 1
-    assert agent.stats.updates_sent == 2
 
 
 def _spawn_agent(url: str, fleet: str, tmp_path: Path) -> subprocess.Popen[bytes]:
