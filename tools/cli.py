@@ -12,7 +12,7 @@ import typer
 
 from fedmq._version import __version__
 from fedmq.errors import FedmqError
-from tools.commands import broker, demo, services, simulate
+from tools.commands import broker, certs, demo, services, simulate
 
 app = typer.Typer(
     name="fedmq",
@@ -23,6 +23,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 broker.register(app)
+certs.register(app)
 demo.register(app)
 services.register(app)
 simulate.register(app)

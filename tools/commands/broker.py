@@ -62,5 +62,42 @@ def broker_command(
         typer.echo("fedmq broker: stopped")
 
 
+@broker_app.command("add-device")
+def add_device_command(
+    device_id: str = typer.Argument(
+        ..., metavar="ID", help="The device id, which is also its broker username."
+    ),
+    password_file: Path = typer.Option(
+        Path("passwd"),
+        "--password-file",
+        help="Mosquitto password file (production.conf `password_file`); created if missing.",
+    ),
+    role: str = typer.Option(
+        "device",
+        help="device | aggregator | observer (the two roles have fixed usernames: "
+        "`aggregator`, `observer`); broker_config/acl says what each may do.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Give an ID already in the file a new password (rotate it)."
+    ),
+) -> None:
+    """Give a device (or the aggregator, or an observer) a new random password.
+
+    The password is printed once, alone on stdout (`PW=$(fedmq broker add-device pi-001)`
+    works); the file gets only a salted hash, written by mosquitto_passwd. Mosquitto
+    reads the file at start-up and on SIGHUP.
+    """
+    from tools.provision import add_user
+
+    password = add_user(password_file, device_id, role=role, force=force)
+    what = "new password of" if force else "password for"
+    typer.echo(
+        f"fedmq broker: {what} {role} {device_id!r} in {password_file} (shown once, stored "
+        "nowhere else; the file holds only a hash):",
+        err=True,
+    )
+    typer.echo(password)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(broker_app, name="broker")
