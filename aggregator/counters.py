@@ -70,7 +70,7 @@ class Counters:
             accepted=d.accepted,
             rejected=dict(d.rejected),
             last_seq=d.last_seq,
-            last_staleness=d.last_staleness,
+            last_staleness=None if d.last_staleness < 0 else d.last_staleness,
             samples=d.samples,
             first_seen=d.first_seen,
             last_seen=d.last_seen,

@@ -22,16 +22,17 @@ from pathlib import Path
 import aiomqtt
 
 from aggregator.counters import Counters
+from aggregator.ledger import Ledger
 from aggregator.strategies import Strategy
-from aggregator.validation import Validator
+from aggregator.validation import Validator, to_contribution
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.config import BrokerConfig
 from fedmq.data import Dataset
-from fedmq.errors import UpdateRejected
+from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Arch, accuracy, loss
 from fedmq.topics import Topics
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, GlobalModel
+from fedmq.wire import AggregatorStatus, GlobalModel, Update
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -47,8 +48,13 @@ class AggregatorConfig:
     round_deadline: float = 30.0
     max_update_bytes: int = 8 * 1024 * 1024
     export_onnx: bool = True
-    client_id: str = "fedmq-aggregator"
+    client_id: str | None = None  # default fedmq-aggregator-{fleet}: one session per fleet
     keepalive: int = 30
+    # Crash safety: the SQLite ledger (out_dir/ledger.sqlite) plus a persistent MQTT
+    # session whose updates are acknowledged only after their effect is committed.
+    ledger: bool = True
+    checkpoint_every: int = 100
+    durable: bool = False  # fsync every commit (power loss), not just survive kill -9
 
 
 @dataclass(frozen=True)
@@ -87,11 +93,58 @@ class Aggregator:
         self._dirty = asyncio.Event()
         self._last_version_at = time.monotonic()
         cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger: Ledger | None = None
+        if cfg.ledger:
+            self.ledger = Ledger(
+                cfg.out_dir / "ledger.sqlite",
+                checkpoint_every=cfg.checkpoint_every,
+                durable=cfg.durable,
+            )
+            self._resume()
+
+    def _resume(self) -> None:
+        """Continue from the ledger: last checkpoint, then replay what came after it."""
+        assert self.ledger is not None
+        saved, events = self.ledger.restore()
+        if saved is None:
+            self.ledger.checkpoint(self.strategy)  # fixes the starting weights for replays
+            return
+        if saved.name != self.strategy.name:
+            raise ConfigError(
+                "ledger_mismatch",
+                f"{self.ledger.path} holds a {saved.name} federation, not {self.strategy.name};"
+                " use another --out-dir or move the ledger away",
+            )
+        if saved.params() != self.strategy.params():
+            log.warning("resuming with the ledger's settings %s", saved.params())
+        self.strategy = saved
+        shapes = self.arch.param_shapes()
+        for event in events:
+            if event.kind == "flush":
+                self.strategy.flush()
+            else:
+                update = Update.decode(event.payload or b"", shapes=shapes, max_bytes=2**31)
+                self.strategy.apply(to_contribution(update))
+        self.validator.last_seq = self.ledger.last_seqs()
+        self.counters.accepted, self.counters.rejected = self.ledger.counts()
+        log.info(
+            "resumed %s at version %d (%d events replayed)",
+            self.strategy.name,
+            self.strategy.version,
+            len(events),
+        )
 
     # -- the connection ---------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting with jittered backoff."""
+        try:
+            await self._serve(stop)
+        finally:
+            if self.ledger is not None:
+                self.ledger.close()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         rng, attempt = random.Random(), 0
         while not stop.is_set():
             try:
@@ -112,16 +165,25 @@ class Aggregator:
         will = aiomqtt.Will(
             self.topics.aggregator_status, self._status("offline").encode(), qos=1, retain=True
         )
-        async with aiomqtt.Client(
+        persistent = self.ledger is not None
+        client = aiomqtt.Client(
             **self.cfg.broker.client_kwargs(),
-            identifier=self.cfg.client_id,
+            identifier=self.cfg.client_id or f"fedmq-aggregator-{self.cfg.fleet}",
             will=will,
             keepalive=self.cfg.keepalive,
-        ) as client:
+            clean_session=not persistent,
+        )
+        if persistent:
+            # Acknowledge an update only once its effect is committed to the ledger, so a
+            # crash in between makes the broker deliver it again (aiomqtt issue #345).
+            client._client.manual_ack_set(True)
+        async with client:
             # Subscribe first: devices answer the model at once, and an update published
             # before this subscription exists would be lost.
             await client.subscribe(self.topics.updates_filter, qos=1)
-            await self._publish_model(client)
+            # The ONNX export (and its import of onnx) waits until after "serving":
+            # devices need only the model to get going, and a restart recovers faster.
+            model = await self._publish_model(client, export=False)
             await self._publish_status(client, "serving")
             self.serving.set()
             log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
@@ -131,6 +193,7 @@ class Aggregator:
                     tg.create_task(self._publisher(client, stop)),
                     tg.create_task(self._status_loop(client, stop)),
                     tg.create_task(self._deadlines(stop)),
+                    tg.create_task(self._publish_onnx(client, model)),
                 ]
                 await stop.wait()
                 # Each job also ends by itself on ``stop``: aiomqtt's publish awaits
@@ -149,6 +212,8 @@ class Aggregator:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             self.handle(str(message.topic), payload)
+            if self.ledger is not None and message.qos > 0:
+                client._client.ack(message.mid, message.qos)
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Validate and apply one update; True when it produced a new version."""
@@ -156,19 +221,43 @@ class Aggregator:
         try:
             update, contribution = self.validator.check(topic, payload)
         except UpdateRejected as exc:
-            self.counters.reject(exc.reason, exc.message, exc.device)
+            self._reject(exc, seq=None)
             return False
         self.validator.seen(update.device, update.seq)
         staleness = self.strategy.version - update.base_version
         try:
             produced = self.strategy.apply(contribution)
         except UpdateRejected as exc:
-            self.counters.reject(exc.reason, exc.message, update.device)
+            self._reject(exc, seq=update.seq)
             return False
+        # Committed before this returns, so before the broker gets its acknowledgement.
+        if self.ledger is not None:
+            self.ledger.record(
+                self.strategy,
+                "applied",
+                device=update.device,
+                seq=update.seq,
+                staleness=staleness,
+                samples=update.num_samples,
+                payload=payload,
+            )
         self.counters.accept(update.device, update.seq, staleness, update.num_samples)
         if produced:
             self._versioned()
         return produced
+
+    def _reject(self, exc: UpdateRejected, seq: int | None) -> None:
+        self.counters.reject(exc.reason, exc.message, exc.device)
+        # A redelivered or replayed seq keeps the one record it already has.
+        if self.ledger is not None and exc.reason not in ("duplicate_seq", "old_seq"):
+            self.ledger.record(
+                self.strategy,
+                "rejected",
+                device=exc.device,
+                seq=seq,
+                reason=exc.reason,
+                staleness=exc.staleness,
+            )
 
     def _versioned(self) -> None:
         self._last_version_at = time.monotonic()
@@ -185,6 +274,8 @@ class Aggregator:
             if idle < self.cfg.round_deadline:
                 await wait_event(stop, self.cfg.round_deadline - idle)
             elif self.strategy.flush():
+                if self.ledger is not None:
+                    self.ledger.record(self.strategy, "flush")
                 self._versioned()
             else:
                 self._last_version_at = time.monotonic()
@@ -196,22 +287,27 @@ class Aggregator:
             await self._publish_model(client)
             await wait_event(stop, self.cfg.publish_interval)  # the rate limit
 
-    async def _publish_model(self, client: aiomqtt.Client) -> None:
+    async def _publish_model(self, client: aiomqtt.Client, *, export: bool = True) -> GlobalModel:
         self._dirty.clear()
         version, weights = self.strategy.version, self.strategy.weights
         model = GlobalModel.build(version, self.arch, weights, self.hyper, created_at=time.time())
         payload = model.encode()
         await client.publish(self.topics.model_global, payload, qos=1, retain=True)
         self.bytes_out += len(payload)
-        if self.cfg.export_onnx:
-            onnx_bytes = await asyncio.to_thread(self._export, model)
-            await client.publish(self.topics.model_onnx, onnx_bytes, qos=1, retain=True)
+        if export:
+            await self._publish_onnx(client, model)
         if version != self.published_version:
             self.last_eval = await asyncio.to_thread(self._evaluate, version, weights)
             self._append_history(self.last_eval)
         self.published_version = version
         async with self.version_published:
             self.version_published.notify_all()
+        return model
+
+    async def _publish_onnx(self, client: aiomqtt.Client, model: GlobalModel) -> None:
+        if self.cfg.export_onnx:
+            onnx_bytes = await asyncio.to_thread(self._export, model)
+            await client.publish(self.topics.model_onnx, onnx_bytes, qos=1, retain=True)
 
     def _export(self, model: GlobalModel) -> bytes:
         from fedmq.onnx_export import to_onnx, write_onnx

@@ -51,16 +51,20 @@ class Validator:
             raise UpdateRejected(
                 reason, f"seq {update.seq} from {device} is not after {last}", device=device
             )
-        contribution = Contribution(
-            delta=update.dense_delta(),
-            base_version=update.base_version,
-            num_samples=update.num_samples,
-            device=device,
-            seq=update.seq,
-            metrics=dict(update.metrics),
-        )
-        return update, contribution
+        return update, to_contribution(update)
 
     def seen(self, device: str, seq: int) -> None:
         """Record that (device, seq) was handled, applied or refused by the strategy."""
         self.last_seq[device] = max(seq, self.last_seq.get(device, -1))
+
+
+def to_contribution(update: Update) -> Contribution:
+    """What a strategy sees of a decoded update."""
+    return Contribution(
+        delta=update.dense_delta(),
+        base_version=update.base_version,
+        num_samples=update.num_samples,
+        device=update.device,
+        seq=update.seq,
+        metrics=dict(update.metrics),
+    )

@@ -82,16 +82,16 @@ async def test_a_late_device_gets_the_retained_model_within_a_second(mosquitto, 
         await late.subscribe(Topics(fleet).model_global, qos=1)
         message = await _first(late)
     took = time.monotonic() - started
+    # The ONNX export is retained beside it and is a valid model.
+    async with aiomqtt.Client(**kwargs) as late:
+        await late.subscribe(Topics(fleet).model_onnx, qos=1)
+        exported = onnx.load_from_string(bytes((await _first(late)).payload))
     stop.set()
     await task
     assert message.retain
     model = GlobalModel.decode(bytes(message.payload))
     assert model.version == 0 and model.arch == ARCH
     assert took < 1.0, f"late join took {took:.3f}s"
-    # The ONNX export is retained beside it and is a valid model.
-    async with aiomqtt.Client(**kwargs) as late:
-        await late.subscribe(Topics(fleet).model_onnx, qos=1)
-        exported = onnx.load_from_string(bytes((await _first(late)).payload))
     meta = {p.key: p.value for p in exported.metadata_props}
     assert meta["model_version"] == "0" and meta["sha256"] == model.sha256
 

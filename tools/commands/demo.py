@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -13,7 +13,9 @@ from rich.live import Live
 from rich.table import Table
 
 from tools.commands.simulate import StrategyName, TaskName, strategy_params
-from tools.demo import DemoConfig, Snapshot, run_demo
+
+if TYPE_CHECKING:
+    from tools.demo import Snapshot
 
 
 def demo_command(
@@ -51,6 +53,8 @@ def demo_command(
     edge agent with its own connection, data shard and compute delay. Stops at --target
     or after --budget seconds and prints a summary.
     """
+    from tools.demo import DemoConfig, run_demo
+
     cfg = DemoConfig(
         task=task.value,
         devices=devices,
