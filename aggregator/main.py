@@ -32,6 +32,7 @@ FIELDS: dict[str, type] = {
     "publish_interval": float,
     "round_deadline": float,
     "seed": int,
+    "defence": bool,
 }
 HYPER_FIELDS: dict[str, type] = {
     "lr": float,
@@ -47,6 +48,9 @@ STRATEGY_FIELDS: dict[str, type] = {
     "k": int,
     "server_lr": float,
     "clients_per_round": int,
+    "norm_factor": float,
+    "norm_mode": str,
+    "trim": float,
 }
 
 
@@ -90,7 +94,11 @@ def build(config: Path | None, flags: dict[str, Any]) -> Aggregator:
         key=s.get("key"),
     )
     strategy = make_strategy(
-        s.get("strategy", "fedbuff"), init_weights(arch, s.get("seed", 0)), 0, **params
+        s.get("strategy", "fedbuff"),
+        init_weights(arch, s.get("seed", 0)),
+        0,
+        defence=s.get("defence", True),
+        **params,
     )
     evalset = None
     if "eval" in s:

@@ -26,8 +26,9 @@ from fedmq._version import __version__
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.data import Dataset
 from fedmq.errors import FedmqError, WireError
+from fedmq.model import Weights
 from fedmq.topics import Topics
-from fedmq.training import train_local
+from fedmq.training import TrainStats, train_local
 from fedmq.wire import DeviceStatus, GlobalModel, Update
 
 log = logging.getLogger("fedmq.agent")
@@ -193,11 +194,15 @@ class Agent:
             self.stats.bytes_up += len(payload)
             await self._publish_status(client, "idle")
 
+    def _local_run(self, model: GlobalModel) -> tuple[Weights, TrainStats]:
+        """Local training (in a worker thread, so keepalives go on)."""
+        return train_local(
+            model.arch, model.weights, self.data.x, self.data.y, model.hyper, self.rng
+        )
+
     async def _train(self, model: GlobalModel) -> Update:
         started = time.monotonic()
-        delta, stats = await asyncio.to_thread(
-            train_local, model.arch, model.weights, self.data.x, self.data.y, model.hyper, self.rng
-        )
+        delta, stats = await asyncio.to_thread(self._local_run, model)
         # A simulated device in the demo is slower than this machine by its compute delay.
         remaining = self.cfg.compute_delay - (time.monotonic() - started)
         if remaining > 0:

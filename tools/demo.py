@@ -25,10 +25,11 @@ from fedmq.aio import TaskGroup, wait_event
 from fedmq.config import BrokerConfig
 from fedmq.data import Dataset
 from fedmq.errors import BrokerError, ConfigError
-from fedmq.model import init_weights
-from fedmq.training import Hyper
+from fedmq.model import Weights, init_weights
+from fedmq.training import Hyper, TrainStats
+from fedmq.wire import GlobalModel, Update
 from tools.partition import partition
-from tools.simulate import DelayModel
+from tools.simulate import ATTACKS, SIGNFLIP_SCALE, DelayModel, attack_update, pick_malicious
 from tools.tasks import Task, load_task
 
 DEFAULT_TARGETS = {"digits": 0.92, "linreg": 0.0105}  # accuracy, or test MSE for linreg
@@ -51,16 +52,48 @@ class DemoConfig:
     seed: int = 0
     fleet: str = "demo"
     out_dir: Path = Path("runs/demo")
+    malicious: float = 0.0  # fraction of devices that attack (see tools.simulate.ATTACKS)
+    attack: str = "signflip"
+    defence: bool = True
 
     def __post_init__(self) -> None:
         if self.devices < 1:
             raise ConfigError("bad_devices", "--devices must be at least 1")
+        if not 0 <= self.malicious < 1:
+            raise ConfigError("bad_malicious", "--malicious must be a fraction in [0, 1)")
+        if self.attack not in ATTACKS:
+            raise ConfigError("bad_attack", f"--attack must be one of {', '.join(ATTACKS)}")
         if not self.budget > 0:
             raise ConfigError("bad_budget", "--budget must be a positive number of seconds")
 
     @property
     def goal(self) -> float:
         return DEFAULT_TARGETS[self.task] if self.target is None else self.target
+
+
+class MaliciousAgent(Agent):
+    """A real agent on the wire whose updates attack the model (``tools.simulate.ATTACKS``)."""
+
+    def __init__(self, cfg: AgentConfig, data: Dataset, *, attack: str) -> None:
+        super().__init__(cfg, data)
+        self.attack = attack
+
+    def _local_run(self, model: GlobalModel) -> tuple[Weights, TrainStats]:
+        delta, stats = super()._local_run(model)
+        if self.attack == "signflip":
+            delta = {k: (-SIGNFLIP_SCALE * v).astype(np.float32) for k, v in delta.items()}
+        elif self.attack in ("noise", "labelflip"):
+            x, y = self.data.x, self.data.y
+            args = (model.arch, model.weights, x, y, model.hyper, self.rng)
+            delta = attack_update(self.attack, *args)
+        return delta, stats
+
+    async def _train(self, model: GlobalModel) -> Update:
+        update = await super()._train(model)
+        if self.attack == "nan":
+            # The codec refuses to encode NaN; an attacker writes the bytes anyway.
+            update.delta = {k: np.full_like(v, np.nan) for k, v in update.delta.items()}
+        return update
 
 
 @dataclass
@@ -120,7 +153,10 @@ async def run_demo(
     elif cfg.strategy == "fedbuff":
         # Each device sends one update per version: a buffer larger than the fleet never fills.
         params.setdefault("k", min(10, cfg.devices))
-    strategy = make_strategy(cfg.strategy, init_weights(task.arch, cfg.seed), 0, **params)
+    strategy = make_strategy(
+        cfg.strategy, init_weights(task.arch, cfg.seed), 0, defence=cfg.defence, **params
+    )
+    bad = set(pick_malicious(cfg.devices, cfg.malicious, cfg.seed))
     out = cfg.out_dir
     for owned in ("aggregator", "agents"):  # a fresh run: only the folders the demo owns
         shutil.rmtree(out / owned, ignore_errors=True)
@@ -138,7 +174,7 @@ async def run_demo(
             evalset=task.test,
         )
         agents = [
-            Agent(
+            (MaliciousAgent if i in bad else Agent)(
                 AgentConfig(
                     broker=broker,
                     device=f"dev-{i:03d}",
@@ -150,6 +186,7 @@ async def run_demo(
                     backoff_base=0.05,
                 ),
                 shards[i],
+                **({"attack": cfg.attack} if i in bad else {}),
             )
             for i in range(cfg.devices)
         ]
@@ -244,6 +281,9 @@ def _summary(
         "updates_applied": agg.counters.accepted,
         "updates_rejected": sum(agg.counters.rejected.values()),
         "rejected_by_reason": dict(sorted(agg.counters.rejected.items())),
+        "malicious": cfg.malicious,
+        "attack": cfg.attack if cfg.malicious else None,
+        "defence": cfg.defence,
     }
     test = task.test
     if task.arch.is_classifier:

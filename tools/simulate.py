@@ -8,15 +8,20 @@ Device behaviour mirrors the edge agent: a device trains on a version it has not
 trained on yet; when it finishes and no newer version exists, it waits for one.
 Synchronous FedAvg instead starts a round by sampling idle devices and closes it when
 all selected devices reported or the round deadline passed.
+
+A fraction of the devices can be malicious (``ATTACKS`` says what each sends); the
+strategy is wrapped in its defences (``aggregator.strategies.robust``) unless
+``defence=False``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +29,7 @@ import numpy as np
 
 from aggregator.strategies import Contribution, Strategy, make_strategy
 from fedmq.errors import ConfigError, UpdateRejected
-from fedmq.model import accuracy, init_weights, loss
+from fedmq.model import Arch, Weights, accuracy, init_weights, loss
 from fedmq.training import Hyper, train_local
 from tools.partition import partition
 from tools.tasks import Task, load_task
@@ -32,6 +37,51 @@ from tools.tasks import Task, load_task
 # Each run's duration is the device's own delay times this much lognormal jitter,
 # so devices keep their speed ranking without moving in lockstep.
 RUN_JITTER_SIGMA = 0.1
+
+# What a malicious device sends instead of its honest delta.
+ATTACKS = {
+    "signflip": "the honest delta negated and scaled x10",
+    "noise": "Gaussian noise with 10x the RMS of the honest delta (norm ~10x honest)",
+    "nan": "a delta full of NaN",
+    "labelflip": "an honest run on flipped labels y -> C-1-y",
+}
+SIGNFLIP_SCALE = 10.0
+NOISE_SCALE = 10.0
+
+
+def pick_malicious(devices: int, fraction: float, seed: int) -> list[int]:
+    """Which devices attack: ``round(fraction * devices)`` of them, chosen by seed.
+
+    A generator of its own, so the split, delays and training draws are the clean run's.
+    """
+    count = round(fraction * devices)
+    rng = np.random.default_rng([seed, 0xBAD])
+    return sorted(int(i) for i in rng.choice(devices, size=count, replace=False))
+
+
+def attack_update(
+    attack: str,
+    arch: Arch,
+    base: Weights,
+    x: np.ndarray,
+    y: np.ndarray,
+    hyper: Hyper,
+    rng: np.random.Generator,
+) -> Weights:
+    """The delta a malicious device sends (see ``ATTACKS``)."""
+    if attack == "nan":
+        return {k: np.full_like(v, np.nan) for k, v in base.items()}
+    if attack == "labelflip":
+        flipped = arch.n_outputs - 1 - np.asarray(y)
+        return train_local(arch, base, x, flipped, hyper, rng)[0]
+    honest, _ = train_local(arch, base, x, y, hyper, rng)
+    if attack == "signflip":
+        return {k: (-SIGNFLIP_SCALE * v).astype(np.float32) for k, v in honest.items()}
+    size = sum(v.size for v in honest.values())
+    rms = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in honest.values()) / size))
+    return {
+        k: rng.normal(0.0, NOISE_SCALE * rms, v.shape).astype(np.float32) for k, v in honest.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -86,6 +136,9 @@ class SimConfig:
     round_deadline: float | None = None  # FedAvg only; None waits for every selected device
     eval_interval: float = 0.05  # evaluate at most this often (virtual seconds)
     until_target: bool = False
+    malicious: float = 0.0  # fraction of devices, chosen by seed, that send attacks
+    attack: str = "signflip"
+    defence: bool = True  # wrap the strategy in its defences (aggregator.strategies.robust)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -94,6 +147,14 @@ class SimConfig:
             raise ConfigError("bad_budget", "--budget must be a positive number of seconds")
         if self.round_deadline is not None and not self.round_deadline > 0:
             raise ConfigError("bad_deadline", "--round-deadline must be positive")
+        if not 0.0 <= self.malicious <= 1.0:  # also refuses NaN
+            raise ConfigError(
+                "bad_malicious", f"--malicious must be a fraction from 0 to 1, got {self.malicious}"
+            )
+        if self.attack not in ATTACKS:
+            raise ConfigError(
+                "bad_attack", f"unknown attack {self.attack!r}: use one of {', '.join(ATTACKS)}"
+            )
 
 
 @dataclass
@@ -105,6 +166,7 @@ class _Device:
     rng: np.random.Generator
     trained_on: int = -1
     busy: bool = False
+    malicious: bool = False
 
 
 @dataclass
@@ -120,6 +182,9 @@ class SimResult:
     weights: dict[str, np.ndarray]
     strategy_params: dict[str, Any]
     wall_s: float
+    malicious_devices: int = 0
+    malicious_applied: int = 0
+    malicious_rejected: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         cfg, task = self.config, self.task
@@ -132,27 +197,51 @@ class SimResult:
             "delays": cfg.delays,
             "hyper": _hyper(task, cfg).to_dict(),
             "seed": cfg.seed,
+            "malicious": cfg.malicious,
+            "attack": cfg.attack,
+            "defence": cfg.defence,
+            "malicious_devices": self.malicious_devices,
+            "malicious_applied": self.malicious_applied,
+            "malicious_rejected_by_reason": dict(sorted(self.malicious_rejected.items())),
             "versions": self.versions,
             "updates_applied": self.updates_applied,
             "updates_rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
         }
-        if task.arch.is_classifier:
-            final = accuracy(task.arch, self.weights, task.test.x, task.test.y)
-            out["test_accuracy"] = round(final, 4)
-            out["best_accuracy"] = round(max(m for _, _, m in self.history), 4)
-            out["target"] = cfg.target
-        else:
-            out["w"] = round(float(self.weights["w0"][0, 0]), 4)
-            out["b"] = round(float(self.weights["b0"][0]), 4)
-            out["loss"] = round(loss(task.arch, self.weights, task.test.x, task.test.y), 6)
-        out["test_loss"] = round(loss(task.arch, self.weights, task.test.x, task.test.y), 6)
+        with _poison_tolerant(cfg):
+            test_loss = loss(task.arch, self.weights, task.test.x, task.test.y)
+            if task.arch.is_classifier:
+                final = accuracy(task.arch, self.weights, task.test.x, task.test.y)
+                out["test_accuracy"] = round(final, 4)
+                out["best_accuracy"] = round(max(m for _, _, m in self.history), 4)
+                out["target"] = cfg.target
+            else:
+                out["w"] = _rounded(self.weights["w0"][0, 0], 4)
+                out["b"] = _rounded(self.weights["b0"][0], 4)
+                out["loss"] = _rounded(test_loss, 6)
+        out["test_loss"] = _rounded(test_loss, 6)
         out["virtual_time_s"] = round(self.virtual_time_s, 4)
         out["time_to_target_s"] = (
             None if self.time_to_target_s is None else round(self.time_to_target_s, 4)
         )
         out["wall_s"] = round(self.wall_s, 3)
         return out
+
+
+def _rounded(value: Any, digits: int) -> float | None:
+    """A JSON-safe number: a poisoned model's NaN or infinite loss becomes None."""
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+@contextlib.contextmanager
+def _poison_tolerant(cfg: SimConfig) -> Iterator[None]:
+    """Under attack, overflow and NaN in the model are the measurement, not a bug."""
+    if cfg.malicious > 0:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            yield
+    else:
+        yield
 
 
 def _hyper(task: Task, cfg: SimConfig) -> Hyper:
@@ -170,6 +259,8 @@ class _Simulation:
         self.task = load_task(cfg.task, seed=cfg.seed)
         if not self.task.arch.is_classifier and cfg.partition != "iid":
             raise ConfigError("bad_partition", "a regression task can only be split iid")
+        if not self.task.arch.is_classifier and cfg.malicious > 0 and cfg.attack == "labelflip":
+            raise ConfigError("bad_attack", "labelflip needs a classification task")
         rng = np.random.default_rng(cfg.seed)
         self.hyper = _hyper(self.task, cfg)
         delays = DelayModel.parse(cfg.delays).per_device(cfg.devices, rng)
@@ -178,6 +269,8 @@ class _Simulation:
             _Device(i, self.task.train.x[idx], self.task.train.y[idx], float(delays[i]), rng_i)
             for i, (idx, rng_i) in enumerate(zip(parts, rng.spawn(cfg.devices), strict=True))
         ]
+        for i in pick_malicious(cfg.devices, cfg.malicious, cfg.seed):
+            self.devices[i].malicious = True
         self.rng = rng
         params = dict(cfg.strategy_params)
         if cfg.strategy == "fedavg":
@@ -186,7 +279,11 @@ class _Simulation:
             # Each device sends one update per version: a buffer larger than the fleet never fills.
             params.setdefault("k", min(10, cfg.devices))
         self.strategy: Strategy = make_strategy(
-            cfg.strategy, init_weights(self.task.arch, cfg.seed), 0, **params
+            cfg.strategy,
+            init_weights(self.task.arch, cfg.seed),
+            0,
+            defence=cfg.defence,
+            **params,
         )
         self.sync = cfg.strategy == "fedavg"
         self.events: list[tuple[float, int, str, int, Any]] = []
@@ -194,6 +291,8 @@ class _Simulation:
         self.now = 0.0
         self.applied = 0
         self.rejected: Counter = Counter()
+        self.malicious_applied = 0
+        self.malicious_rejected: Counter = Counter()
         self.history: list[tuple[float, int, float]] = []
         self.time_to_target: float | None = None
         self.last_eval = -math.inf
@@ -245,21 +344,46 @@ class _Simulation:
                 self._start(dev)
 
     def _finish(self, dev: _Device, base_version: int, base: dict[str, np.ndarray]) -> None:
-        delta, stats = train_local(self.task.arch, base, dev.x, dev.y, self.hyper, dev.rng)
+        if dev.malicious:
+            arch, hyper = self.task.arch, self.hyper
+            delta = attack_update(self.cfg.attack, arch, base, dev.x, dev.y, hyper, dev.rng)
+        else:
+            delta, _ = train_local(self.task.arch, base, dev.x, dev.y, self.hyper, dev.rng)
         dev.busy = False
-        c = Contribution(delta, base_version, stats.samples, device=f"sim-{dev.index:04d}")
+        c = Contribution(delta, base_version, len(dev.x), device=f"sim-{dev.index:04d}")
         try:
             new_version = self.strategy.apply(c)
             self.applied += 1
+            self.malicious_applied += dev.malicious
         except UpdateRejected as exc:
             self.rejected[exc.reason] += 1
+            if dev.malicious:
+                self.malicious_rejected[exc.reason] += 1
             new_version = False
         if new_version:
             self._new_version()
         elif not self.sync and self.strategy.version > dev.trained_on:
             self._start(dev)
+        elif self._stalled():
+            # Refused updates can leave a FedBuff buffer short of K, or a FedAvg round short
+            # of its devices, with every device waiting for a new version. The service's
+            # round deadline would close it; nothing else can arrive, so close it now.
+            if self.strategy.flush():
+                self._new_version()
+            elif self.sync:
+                self._start_round()
+
+    def _stalled(self) -> bool:
+        """No device is training and no round deadline will fire (clean runs never stall)."""
+        if self.sync and self.cfg.round_deadline is not None:
+            return False
+        return not any(d.busy for d in self.devices)
 
     def run(self) -> SimResult:
+        with _poison_tolerant(self.cfg):
+            return self._run()
+
+    def _run(self) -> SimResult:
         started = time.perf_counter()
         self._evaluate(force=True)
         if self.sync:
@@ -292,6 +416,9 @@ class _Simulation:
             weights=self.strategy.weights,
             strategy_params=self.strategy.params(),
             wall_s=time.perf_counter() - started,
+            malicious_devices=sum(d.malicious for d in self.devices),
+            malicious_applied=self.malicious_applied,
+            malicious_rejected=self.malicious_rejected,
         )
 
 

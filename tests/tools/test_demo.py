@@ -59,3 +59,13 @@ def test_a_bad_flag_is_one_line_not_a_traceback(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--devices" in proc.stderr
+
+
+def test_malicious_devices_over_mqtt_are_held_off_by_the_defences(tmp_path):
+    out = _demo(
+        "--malicious", "0.2", "--attack", "signflip", "--target", "0.85", "--budget", "60",
+        "--out-dir", str(tmp_path / "run"), cwd=tmp_path,
+    )  # fmt: skip
+    assert (out["malicious"], out["attack"], out["defence"]) == (0.2, "signflip", True)
+    assert out["time_to_target_s"] is not None, out
+    assert out["rejected_by_reason"].get("norm_bound", 0) > 0, out

@@ -93,3 +93,83 @@ def test_bad_flags_are_one_clear_line(args):
     with pytest.raises(SystemExit) as exc:
         main(["simulate", "--devices", "2", "--json", *args])
     assert exc.value.code not in (0, None)
+
+
+# Attacks and defences. Small fleet, iid, 2 virtual seconds: about a second per run.
+ATTACK_KW = dict(devices=20, budget=2.0)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--malicious", "1.5"],
+        ["--malicious", "-0.1"],
+        ["--malicious", "nan"],
+        ["--malicious", "0.2", "--attack", "poison"],
+        ["--task", "linreg", "--malicious", "0.5", "--attack", "labelflip"],
+    ],
+)
+def test_bad_attack_flags_are_one_clear_line(args, capsys):
+    from tools.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--devices", "2", "--json", *args])
+    assert exc.value.code == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert "error:" in err and ("malicious" in err or "attack" in err or "labelflip" in err)
+
+
+def test_malicious_devices_are_chosen_by_seed():
+    out = simulate(SimConfig(devices=10, budget=0.2, malicious=0.3)).to_dict()
+    assert out["malicious_devices"] == 3
+    assert {"malicious", "attack", "defence"} <= set(out)
+    assert (out["malicious"], out["attack"], out["defence"]) == (0.3, "signflip", True)
+
+
+def test_signflip_is_refused_with_defences_and_ruins_the_model_without():
+    clean = simulate(SimConfig(**ATTACK_KW, defence=False)).to_dict()
+    kw = dict(ATTACK_KW, malicious=0.2, attack="signflip")
+    defended = simulate(SimConfig(**kw)).to_dict()
+    exposed = simulate(SimConfig(**kw, defence=False)).to_dict()
+    assert defended["test_accuracy"] >= clean["test_accuracy"] - 0.03, (defended, clean)
+    assert defended["malicious_rejected_by_reason"]["norm_bound"] > 0
+    assert defended["malicious_applied"] <= 2  # at most the warm-up before a bound exists
+    assert exposed["test_accuracy"] < 0.5, exposed
+    assert exposed["strategy_params"].get("defence") is None
+
+
+def test_nan_deltas_are_refused_as_non_finite_and_do_not_crash_without_defences():
+    clean = simulate(SimConfig(**ATTACK_KW, defence=False)).to_dict()
+    kw = dict(ATTACK_KW, malicious=0.2, attack="nan")
+    defended = simulate(SimConfig(**kw)).to_dict()
+    assert defended["malicious_applied"] == 0
+    refused = defended["malicious_rejected_by_reason"]["non_finite"]
+    assert refused > 0 and defended["rejected_by_reason"]["non_finite"] == refused
+    assert defended["test_accuracy"] >= clean["test_accuracy"] - 0.03, (defended, clean)
+    poisoned = simulate(SimConfig(**kw, defence=False)).to_dict()
+    assert poisoned["test_accuracy"] < 0.2 and poisoned["test_loss"] is None
+    json.dumps(poisoned, allow_nan=False)  # a NaN model still gives strict JSON
+
+
+def test_cli_attack_flags_reach_the_simulation():
+    res = runner.invoke(
+        app,
+        [
+            *("simulate", "--devices", "10", "--budget", "0.3", "--json"),
+            *("--malicious", "0.2", "--attack", "noise", "--no-defence"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["malicious"], out["attack"], out["defence"]) == (0.2, "noise", False)
+    assert out["malicious_devices"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["fedasync", "fedbuff", "fedavg"])
+def test_refused_updates_never_stall_a_strategy(strategy):
+    # 10 devices, 2 refused every time: FedBuff's K=10 buffer and FedAvg's 10-device round
+    # can never fill, so the simulator must close them itself.
+    kw = dict(devices=10, strategy=strategy, budget=2.0, malicious=0.2, attack="nan")
+    out = simulate(SimConfig(**kw)).to_dict()
+    assert out["malicious_applied"] == 0 and out["versions"] >= 5, out
+    assert out["test_accuracy"] >= 0.8, out

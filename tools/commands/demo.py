@@ -45,6 +45,15 @@ def demo_command(
     encoding: str = typer.Option("f32", help="Update encoding: f32, f16 or q8."),
     seed: int = typer.Option(0, help="Seed for data split, delays, init and training."),
     out_dir: Path = typer.Option(Path("runs/demo"), help="ONNX model, history and agent state."),
+    malicious: float = typer.Option(
+        0.0, help="Fraction of devices that attack the model (0 to 1), e.g. 0.2."
+    ),
+    attack: str = typer.Option(
+        "signflip", help="What malicious devices send: signflip | noise | nan | labelflip."
+    ),
+    defence: bool = typer.Option(
+        True, "--defence/--no-defence", help="Norm bound and trimmed mean in the aggregator."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
     """Run a real federation on this machine: a broker, the aggregator and N devices.
@@ -77,6 +86,9 @@ def demo_command(
         encoding=encoding,
         seed=seed,
         out_dir=out_dir,
+        malicious=malicious,
+        attack=attack,
+        defence=defence,
     )
     if as_json:
         typer.echo(json.dumps(asyncio.run(run_demo(cfg))))

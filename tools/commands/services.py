@@ -69,6 +69,16 @@ def aggregator_command(
     k: int = typer.Option(None, "--k", help="FedBuff: buffer size."),
     server_lr: float = typer.Option(None, help="FedBuff/FedAvg: server learning rate."),
     clients_per_round: int = typer.Option(None, help="FedAvg: reports that close a round."),
+    defence: bool = typer.Option(
+        None,
+        "--defence/--no-defence",
+        help="Screen updates (non-finite, norm bound) and trim FedBuff's mean (default on).",
+    ),
+    norm_factor: float = typer.Option(
+        None, help="Refuse updates above this multiple of the recent median norm (3.0)."
+    ),
+    norm_mode: str = typer.Option(None, help="reject (default) | clip | off."),
+    trim: float = typer.Option(None, help="FedBuff trimmed mean: fraction cut at each end (0.2)."),
     lr: float = typer.Option(None, help="Devices' local learning rate."),
     epochs: int = typer.Option(None, help="Devices' local epochs."),
     batch: int = typer.Option(None, help="Devices' local batch size."),

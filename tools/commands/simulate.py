@@ -11,8 +11,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from tools.simulate import SimConfig, simulate
-
 
 class TaskName(str, Enum):
     digits = "digits"
@@ -70,6 +68,20 @@ def simulate_command(
     target: float = typer.Option(0.90, help="Test accuracy that counts as reached."),
     budget: float = typer.Option(30.0, help="Virtual seconds to simulate."),
     until_target: bool = typer.Option(False, help="Stop as soon as the target is reached."),
+    malicious: float = typer.Option(
+        0.0, help="Fraction (0 to 1) of the devices, chosen by --seed, that send --attack."
+    ),
+    attack: str = typer.Option(
+        "signflip",
+        help="What malicious devices send: signflip (the honest delta x -10) | noise "
+        "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y).",
+    ),
+    defence: bool = typer.Option(
+        True,
+        "--defence/--no-defence",
+        help="Refuse non-finite deltas and norms above 4x the running median; "
+        "FedBuff also uses a 20% trimmed mean.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
     """Simulate a fleet in-process on a virtual clock (no network, no sleeping).
@@ -79,6 +91,8 @@ def simulate_command(
     The same --seed gives the same output.
     """
     hyper = {"lr": lr, "epochs": epochs, "batch": batch, "mu": mu, "clip": clip}
+    from tools.simulate import SimConfig, simulate
+
     cfg = SimConfig(
         task=task.value,
         devices=devices,
@@ -100,6 +114,9 @@ def simulate_command(
         budget=budget,
         round_deadline=round_deadline,
         until_target=until_target,
+        malicious=malicious,
+        attack=attack,
+        defence=defence,
     )
     if as_json:
         result = simulate(cfg)
