@@ -7,10 +7,11 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from fedmq.errors import BrokerError
+from fedmq.errors import BrokerError, ConfigError
 from tools._broker_base import LOOPBACK, LocalBroker, accepting
 
 if TYPE_CHECKING:
@@ -18,15 +19,14 @@ if TYPE_CHECKING:
 
 DEV_CONF = Path(__file__).resolve().parent.parent / "broker_config" / "dev.conf"
 # Debian and Homebrew put mosquitto in an sbin directory that is often not on PATH.
-_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
+SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 _PROBE_EVERY_S = 0.02  # how often a starting broker is checked for a listening socket
 _LOG_TAIL_LINES = 12
 
 
 def find_mosquitto() -> str | None:
     """The ``mosquitto`` binary on PATH or in the usual sbin directories, or None."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN_DIRS])
-    return shutil.which("mosquitto", path=path)
+    return find_binary("mosquitto")
 
 
 class MosquittoBroker(LocalBroker):
@@ -164,9 +164,24 @@ def render_config(template: str, *, port: int, persistence_dir: Path) -> str:
     to the ``mosquitto`` user, which cannot write our private persistence directory.
     """
     values = {
-        "listener": f"listener {port} {LOOPBACK}",
-        "persistence_location": f"persistence_location {persistence_dir}{os.sep}",
+        "listener": f"{port} {LOOPBACK}",
+        "persistence_location": f"{persistence_dir}{os.sep}",
     }
+    rendered = substitute_lines(template, values)
+    if getattr(os, "geteuid", lambda: -1)() == 0:
+        rendered += "user root\n"
+    return rendered
+
+
+def substitute_lines(template: str, values: Mapping[str, str]) -> str:
+    """``template`` with each line whose first word is a key of ``values`` replaced by
+    ``key value``; every key must start exactly one line.
+
+    A value must be one line: a line break would start a directive of its own.
+    """
+    for key, value in values.items():
+        if not value.strip() or value.splitlines() != [value]:
+            raise ConfigError("bad_config", f"{key} value {value!r} is empty or spans lines")
     found = dict.fromkeys(values, 0)
     lines = []
     for line in template.splitlines():
@@ -174,23 +189,27 @@ def render_config(template: str, *, port: int, persistence_dir: Path) -> str:
         key = words[0] if words else ""
         if key in values:
             found[key] += 1
-            line = values[key]
+            line = f"{key} {values[key]}"
         lines.append(line)
     wrong = [f"{key} ({count}x)" for key, count in found.items() if count != 1]
     if wrong:
-        raise BrokerError(
+        raise ConfigError(
             "bad_config",
             f"a Mosquitto config template needs exactly one line of each of: {', '.join(wrong)}",
         )
-    if getattr(os, "geteuid", lambda: -1)() == 0:
-        lines.append("user root")
     return "\n".join(lines) + "\n"
+
+
+def find_binary(name: str) -> str | None:
+    """``name`` on PATH or in the usual sbin directories, or None."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    return shutil.which(name, path=path)
 
 
 def _resolve_mosquitto(binary: str | Path | None) -> str:
     found = shutil.which(str(binary)) if binary is not None else find_mosquitto()
     if found is None:
-        where = f"at {binary}" if binary is not None else "on PATH or in " + ", ".join(_SBIN_DIRS)
+        where = f"at {binary}" if binary is not None else "on PATH or in " + ", ".join(SBIN_DIRS)
         raise BrokerError(
             "no_mosquitto",
             f"no mosquitto binary {where}; install it (apt-get install mosquitto) "

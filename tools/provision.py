@@ -15,11 +15,11 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 from fedmq.errors import BrokerError, ConfigError
 from fedmq.topics import validate_device_id
+from tools._mosquitto import SBIN_DIRS, find_binary, substitute_lines
 
 BROKER_CONFIG = Path(__file__).resolve().parent.parent / "broker_config"
 PRODUCTION_CONF = BROKER_CONFIG / "production.conf"
@@ -29,7 +29,6 @@ ACL_FILE = BROKER_CONFIG / "acl"
 ROLES = ("device", "aggregator", "observer")
 ROLE_USERNAMES = {"aggregator": "aggregator", "observer": "observer"}
 PASSWORD_BYTES = 24  # secrets.token_urlsafe(24): 32 characters, 192 random bits
-_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 _PASSWD_TIMEOUT_S = 30.0
 
 # The per-installation lines of production.conf; each must appear exactly once there.
@@ -38,8 +37,7 @@ PATH_KEYS = ("cafile", "certfile", "keyfile", "password_file", "acl_file")
 
 def find_mosquitto_passwd() -> str | None:
     """The ``mosquitto_passwd`` binary on PATH or in the usual sbin directories, or None."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), *_SBIN_DIRS])
-    return shutil.which("mosquitto_passwd", path=path)
+    return find_binary("mosquitto_passwd")
 
 
 def usernames(password_file: str | Path) -> set[str]:
@@ -98,7 +96,7 @@ def add_user(
     check_username(username, role)
     found = shutil.which(str(binary)) if binary is not None else find_mosquitto_passwd()
     if found is None:
-        where = f"at {binary}" if binary is not None else "on PATH or in " + ", ".join(_SBIN_DIRS)
+        where = f"at {binary}" if binary is not None else "on PATH or in " + ", ".join(SBIN_DIRS)
         raise BrokerError(
             "no_mosquitto_passwd",
             f"no mosquitto_passwd binary {where}; install Mosquitto (apt-get install mosquitto)",
@@ -161,33 +159,6 @@ def _run_mosquitto_passwd(binary: str, path: Path, username: str, password: str)
         raise BrokerError("passwd_failed", f"mosquitto_passwd could not update {path}: {detail}")
     if username not in usernames(path):
         raise BrokerError("passwd_failed", f"mosquitto_passwd did not add {username!r} to {path}")
-
-
-def substitute_lines(template: str, values: Mapping[str, str]) -> str:
-    """``template`` with each line whose first word is a key of ``values`` replaced by
-    ``key value``; every key must start exactly one line.
-
-    A value must be one line: a line break would start a directive of its own.
-    """
-    for key, value in values.items():
-        if not value.strip() or value.splitlines() != [value]:
-            raise ConfigError("bad_config", f"{key} value {value!r} is empty or spans lines")
-    found = dict.fromkeys(values, 0)
-    lines = []
-    for line in template.splitlines():
-        words = line.split()
-        key = words[0] if words else ""
-        if key in values:
-            found[key] += 1
-            line = f"{key} {values[key]}"
-        lines.append(line)
-    wrong = [f"{key} ({count}x)" for key, count in found.items() if count != 1]
-    if wrong:
-        raise ConfigError(
-            "bad_config",
-            f"a Mosquitto config template needs exactly one line of each of: {', '.join(wrong)}",
-        )
-    return "\n".join(lines) + "\n"
 
 
 def render_production_config(

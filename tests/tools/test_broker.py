@@ -21,7 +21,7 @@ import aiomqtt
 import pytest
 
 from fedmq.aio import TaskGroup
-from fedmq.errors import BrokerError
+from fedmq.errors import BrokerError, ConfigError
 from tools.broker import (
     DEV_CONF,
     LOOPBACK,
@@ -380,7 +380,7 @@ def test_render_config_sets_port_and_persistence(tmp_path: Path) -> None:
 
 def test_render_config_rejects_a_template_without_a_listener(tmp_path: Path) -> None:
     template = re.sub(r"(?m)^listener .*$", "", DEV_CONF.read_text())
-    with pytest.raises(BrokerError, match="listener"):
+    with pytest.raises(ConfigError, match="listener"):
         render_config(template, port=1, persistence_dir=tmp_path)
 
 
