@@ -96,6 +96,15 @@ class MaliciousAgent(Agent):
         return update
 
 
+@dataclass(frozen=True)
+class Reached:
+    """When the target was first met, by which published version, with what metric."""
+
+    elapsed: float
+    version: int
+    metric: float
+
+
 @dataclass
 class Snapshot:
     """What the live display shows, taken twice a second."""
@@ -191,10 +200,10 @@ async def run_demo(
             for i in range(cfg.devices)
         ]
         started = time.monotonic()
-        reached_at = await _serve(cfg, task, agg, agents, started, progress)
+        reached = await _serve(cfg, task, agg, agents, started, progress)
         wall = time.monotonic() - started
     onnx_path = agg.onnx_path if agg.onnx_path.exists() else None
-    return _summary(cfg, task, agg, agents, broker, broker_kind, wall, reached_at, onnx_path)
+    return _summary(cfg, task, agg, agents, broker, broker_kind, wall, reached, onnx_path)
 
 
 async def _serve(
@@ -204,9 +213,9 @@ async def _serve(
     agents: list[Agent],
     started: float,
     progress: Callable[[Snapshot], None] | None,
-) -> float | None:
+) -> Reached | None:
     stop = asyncio.Event()
-    reached_at: float | None = None
+    reached_at: Reached | None = None
     served = True
     async with TaskGroup() as tg:
         tg.create_task(agg.run(stop))
@@ -230,7 +239,7 @@ async def _watch(
     agents: list[Agent],
     started: float,
     progress: Callable[[Snapshot], None] | None,
-) -> float | None:
+) -> Reached | None:
     """Refresh the display until the target is reached or the budget is spent."""
     last_applied, last_t = 0, started
     while True:
@@ -251,8 +260,8 @@ async def _watch(
                 )
             )
         last_applied, last_t = applied, now
-        if _reached(task, metric, cfg.goal):
-            return now - started
+        if metric is not None and _reached(task, metric, cfg.goal):
+            return Reached(now - started, agg.published_version, metric)
         if now - started >= cfg.budget:
             return None
 
@@ -265,7 +274,7 @@ def _summary(
     broker: BrokerConfig,
     broker_kind: str,
     wall: float,
-    reached_at: float | None,
+    reached: Reached | None,
     onnx_path: Path | None,
 ) -> dict[str, Any]:
     from fedmq.model import accuracy, loss
@@ -294,7 +303,14 @@ def _summary(
         out["loss"] = round(loss(task.arch, w, test.x, test.y), 6)
     out["target"] = cfg.goal
     out["wall_s"] = round(wall, 2)
-    out["time_to_target_s"] = None if reached_at is None else round(reached_at, 2)
+    out["time_to_target_s"] = None if reached is None else round(reached.elapsed, 2)
+    # Devices keep sending until they are stopped, so the final model (above) may sit a
+    # little either side of the version that first met the target.
+    out["target_met_by"] = (
+        None
+        if reached is None
+        else {"version": reached.version, "metric": round(reached.metric, 4)}
+    )
     out["bytes_up"] = sum(a.stats.bytes_up for a in agents)
     out["bytes_down"] = sum(a.stats.bytes_down for a in agents)
     out["onnx_path"] = str(onnx_path) if onnx_path else None

@@ -38,6 +38,7 @@ def test_the_default_demo_reaches_its_target_over_the_embedded_broker(tmp_path):
     assert out["broker"].startswith("embedded mqtt://127.0.0.1:")
     assert (out["task"], out["strategy"], out["devices"]) == ("digits", "fedbuff", 20)
     assert out["time_to_target_s"] is not None and out["wall_s"] < 60
+    assert out["target_met_by"]["metric"] >= 0.92 and out["target_met_by"]["version"] > 0
     assert out["test_accuracy"] >= 0.90
     assert out["updates_applied"] > 0 and out["bytes_up"] > 0 and out["bytes_down"] > 0
     assert (tmp_path / "run" / "aggregator" / "model.onnx").is_file()
