@@ -98,8 +98,8 @@ class NormBound:
         if self.mode == "reject":
             raise UpdateRejected(
                 "norm_bound",
-                f"delta norm {norm:.4g} exceeds {self.factor:g} x the median "
-                f"of recent updates ({bound:.4g})",
+                f"delta norm {norm:.4g} exceeds the bound {bound:.4g} "
+                f"({self.factor:g} x the median norm of recent devices)",
                 device=c.device or None,
                 norm=norm,
                 bound=bound,
