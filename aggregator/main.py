@@ -10,7 +10,7 @@ from typing import Any
 
 from aggregator.service import Aggregator, AggregatorConfig
 from aggregator.strategies import make_strategy
-from fedmq.config import BrokerConfig, layered, load_toml
+from fedmq.config import BROKER_FIELDS, BrokerConfig, layered, load_toml
 from fedmq.data import load_dataset
 from fedmq.errors import ConfigError, ModelError
 from fedmq.model import Arch, init_weights
@@ -18,12 +18,7 @@ from fedmq.training import Hyper
 
 # name -> type; every one may come from the [aggregator] table, $FEDMQ_<NAME> or --<name>.
 FIELDS: dict[str, type] = {
-    "broker": str,
-    "username": str,
-    "password": str,
-    "ca": Path,
-    "cert": Path,
-    "key": Path,
+    **BROKER_FIELDS,
     "fleet": str,
     "model": str,
     "strategy": str,
@@ -85,14 +80,7 @@ def build(config: Path | None, flags: dict[str, Any]) -> Aggregator:
         if required not in s:
             raise ConfigError("missing_setting", f"{required} is not set (--{required})")
     arch = parse_arch(s["model"])
-    broker = BrokerConfig.from_url(
-        s["broker"],
-        username=s.get("username"),
-        password=s.get("password"),
-        ca=s.get("ca"),
-        cert=s.get("cert"),
-        key=s.get("key"),
-    )
+    broker = BrokerConfig.from_settings(s)
     strategy = make_strategy(
         s.get("strategy", "fedbuff"),
         init_weights(arch, s.get("seed", 0)),

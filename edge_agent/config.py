@@ -6,18 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import BrokerConfig, layered, load_toml
+from fedmq.config import BROKER_FIELDS, BrokerConfig, layered, load_toml
 from fedmq.errors import ConfigError
 from fedmq.topics import validate_device_id, validate_fleet
 
 # name -> type; every one may come from the [agent] table, $FEDMQ_<NAME> or --<name>.
 FIELDS: dict[str, type] = {
-    "broker": str,
-    "username": str,
-    "password": str,
-    "ca": Path,
-    "cert": Path,
-    "key": Path,
+    **BROKER_FIELDS,
     "fleet": str,
     "device": str,
     "data": Path,
@@ -80,12 +75,5 @@ def load_agent_config(
                 f"{required} is not set: give --{required}, $FEDMQ_{required.upper()} "
                 f"or {required} = ... in the [agent] table",
             )
-    broker = BrokerConfig.from_url(
-        s.pop("broker"),
-        username=s.pop("username", None),
-        password=s.pop("password", None),
-        ca=s.pop("ca", None),
-        cert=s.pop("cert", None),
-        key=s.pop("key", None),
-    )
+    broker = BrokerConfig.from_settings(s)
     return AgentConfig(broker=broker, **s)

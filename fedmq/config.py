@@ -25,6 +25,17 @@ else:  # pragma: no cover - exercised on 3.10 only
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 
 
+# The settings every service takes to reach its broker (see ``BrokerConfig.from_settings``).
+BROKER_FIELDS: dict[str, type] = {
+    "broker": str,
+    "username": str,
+    "password": str,
+    "ca": Path,
+    "cert": Path,
+    "key": Path,
+}
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     """Where the broker is and how to authenticate; built from an ``mqtt(s)://`` URL."""
@@ -37,6 +48,14 @@ class BrokerConfig:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> BrokerConfig:
+        """Take the ``BROKER_FIELDS`` out of layered ``settings`` (``broker`` required)."""
+        url = settings.pop("broker")
+        return cls.from_url(
+            url, **{k: settings.pop(k, None) for k in BROKER_FIELDS if k != "broker"}
+        )
 
     @classmethod
     def from_url(
