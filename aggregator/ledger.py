@@ -19,7 +19,6 @@ import pickle
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,12 +175,6 @@ class Ledger:
             "SELECT reason, COUNT(*) FROM events WHERE kind = 'rejected' GROUP BY reason"
         )
         return applied.fetchone()[0], Counter(dict(rejected.fetchall()))
-
-    def iter_events(self) -> Iterator[tuple]:
-        """Every event as (kind, device, seq, reason, version), oldest first (tests, audits)."""
-        yield from self.db.execute(
-            "SELECT kind, device, seq, reason, version FROM events ORDER BY id"
-        )
 
 
 class _Tx:

@@ -85,7 +85,6 @@ class Aggregator:
         self.started_at = time.time()
         self.last_eval: Evaluation | None = None
         self.published_version = -1
-        self.bytes_out = 0
         self.onnx_path = cfg.out_dir / "model.onnx"
         self.history_path = cfg.out_dir / "history.jsonl"
         self.serving = asyncio.Event()
@@ -293,7 +292,6 @@ class Aggregator:
         model = GlobalModel.build(version, self.arch, weights, self.hyper, created_at=time.time())
         payload = model.encode()
         await client.publish(self.topics.model_global, payload, qos=1, retain=True)
-        self.bytes_out += len(payload)
         if export:
             await self._publish_onnx(client, model)
         if version != self.published_version:

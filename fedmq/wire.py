@@ -102,7 +102,6 @@ def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
 
 # -- field checks ------------------------------------------------------------------------
 
-T = TypeVar("T")
 Check = Callable[[Any, str], Any]
 
 
