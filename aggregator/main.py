@@ -8,7 +8,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from fedmq.config import BROKER_FIELDS, BrokerConfig, layered, load_toml
 from fedmq.data import load_dataset

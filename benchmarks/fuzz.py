@@ -22,7 +22,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from fedmq.config import BrokerConfig
 from fedmq.model import Arch, init_weights

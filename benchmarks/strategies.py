@@ -16,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tools.simulate import SimConfig, simulate
-from tools.tasks import centralized_baseline, load_task
+from tools.sim.simulate import SimConfig, simulate
+from tools.sim.tasks import centralized_baseline, load_task
 
 STRATEGIES = ("fedasync", "fedbuff", "fedavg")
 

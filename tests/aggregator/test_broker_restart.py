@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
@@ -17,8 +18,8 @@ from fedmq.config import BrokerConfig
 from fedmq.data import Dataset
 from fedmq.model import init_weights
 from fedmq.training import Hyper
-from tools.partition import partition
-from tools.tasks import load_task
+from tools.sim.partition import partition
+from tools.sim.tasks import load_task
 
 pytestmark = pytest.mark.broker
 

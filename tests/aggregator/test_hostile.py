@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from benchmarks.fuzz import run
 from fedmq.config import BrokerConfig

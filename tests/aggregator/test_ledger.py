@@ -7,8 +7,9 @@ import sqlite3
 import numpy as np
 import pytest
 
+from aggregator.config import AggregatorConfig
 from aggregator.ledger import Ledger
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from fedmq.config import BrokerConfig
 from fedmq.errors import ConfigError

@@ -12,14 +12,15 @@ import numpy as np
 import onnx
 import pytest
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from fedmq.config import BrokerConfig
 from fedmq.model import Arch, init_weights
 from fedmq.topics import Topics
 from fedmq.training import Hyper
 from fedmq.wire import AggregatorStatus, DeviceLedger, GlobalModel, Update
-from tools.demo import DemoConfig, run_demo
+from tools.sim.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.broker
 ARCH = Arch("mlp", (4, 8, 3))

@@ -91,7 +91,7 @@ def simulate_command(
     The same --seed gives the same output.
     """
     hyper = {"lr": lr, "epochs": epochs, "batch": batch, "mu": mu, "clip": clip}
-    from tools.simulate import SimConfig, simulate
+    from tools.sim.simulate import SimConfig, simulate
 
     cfg = SimConfig(
         task=task.value,

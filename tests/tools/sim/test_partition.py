@@ -1,4 +1,4 @@
-"""tools.partition: every scheme gives disjoint, covering, non-empty parts."""
+"""tools.sim.partition: every scheme gives disjoint, covering, non-empty parts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedmq.errors import ConfigError
-from tools.partition import dirichlet, iid, parse_partition, partition, shards
+from tools.sim.partition import dirichlet, iid, parse_partition, partition, shards
 
 
 def check_parts(parts: list[np.ndarray], n: int, n_devices: int) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from fedmq.errors import BrokerError, ConfigError
 from fedmq.topics import validate_device_id
-from tools._mosquitto import SBIN_DIRS, find_binary, substitute_lines
+from tools.broker.mosquitto import SBIN_DIRS, find_binary, substitute_lines
 
-BROKER_CONFIG = Path(__file__).resolve().parent.parent / "broker_config"
+BROKER_CONFIG = Path(__file__).resolve().parents[2] / "broker_config"
 PRODUCTION_CONF = BROKER_CONFIG / "production.conf"
 ACL_FILE = BROKER_CONFIG / "acl"
 

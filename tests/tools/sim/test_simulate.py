@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fedmq.errors import ConfigError
 from tools.cli import app
-from tools.simulate import DelayModel, SimConfig, simulate
+from tools.sim.simulate import DelayModel, SimConfig, simulate
 
 runner = CliRunner()
 

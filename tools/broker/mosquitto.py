@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from fedmq.errors import BrokerError, ConfigError
-from tools._broker_base import LOOPBACK, LocalBroker, accepting
+from tools.broker.base import LOOPBACK, LocalBroker, accepting
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-DEV_CONF = Path(__file__).resolve().parent.parent / "broker_config" / "dev.conf"
+DEV_CONF = Path(__file__).resolve().parents[2] / "broker_config" / "dev.conf"
 # Debian and Homebrew put mosquitto in an sbin directory that is often not on PATH.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 _PROBE_EVERY_S = 0.02  # how often a starting broker is checked for a listening socket

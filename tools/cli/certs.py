@@ -27,7 +27,7 @@ def init_command(
     certificate: keep it off the broker and the devices. Replacing the CA (--force)
     invalidates every certificate it issued.
     """
-    from tools.certs import init_ca
+    from tools.pki.certs import init_ca
 
     out = init_ca(directory, days=days, force=force)
     typer.echo(f"CA certificate: {out.cert}")
@@ -56,7 +56,7 @@ def issue_command(
     its `certfile` and `keyfile` to them. A client certificate is needed only if the
     broker sets `require_certificate true`.
     """
-    from tools.certs import issue
+    from tools.pki.certs import issue
 
     out = issue(directory, name, server=server, hosts=host or (), days=days, force=force)
     typer.echo(f"{'server' if server else 'client'} certificate: {out.cert}")

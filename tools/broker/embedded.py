@@ -1,4 +1,4 @@
-"""fedmq's own broker (:mod:`tools.mqtt_server`) on an event loop in a background thread."""
+"""fedmq's own broker (:mod:`tools.broker.mqtt_server`) on an event loop in a background thread."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import threading
 from collections.abc import Callable
 
 from fedmq.errors import BrokerError
-from tools._broker_base import LOOPBACK, LocalBroker
-from tools.mqtt_server import MqttServer
+from tools.broker.base import LOOPBACK, LocalBroker
+from tools.broker.mqtt_server import MqttServer
 
 log = logging.getLogger(__name__)
 
 
 class EmbeddedBroker(LocalBroker):
-    """fedmq's own MQTT 3.1.1 broker (:mod:`tools.mqtt_server`) in a background thread.
+    """fedmq's own MQTT 3.1.1 broker (:mod:`tools.broker.mqtt_server`) in a background thread.
 
     For machines without Mosquitto. Retained messages and persistent sessions live in
-    memory until it stops; see :mod:`tools.mqtt_server` for what it does not support.
+    memory until it stops; see :mod:`tools.broker.mqtt_server` for what it does not support.
     """
 
     kind = "embedded"

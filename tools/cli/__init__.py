@@ -12,7 +12,7 @@ import typer
 
 from fedmq._version import __version__
 from fedmq.errors import FedmqError
-from tools.commands import broker, certs, demo, services, simulate
+from tools.cli import broker, certs, demo, services, simulate
 
 app = typer.Typer(
     name="fedmq",

@@ -1,4 +1,4 @@
-"""The brokers from tools/broker.py, exercised for real with aiomqtt clients.
+"""The brokers from tools/broker/, exercised for real with aiomqtt clients.
 
 Each async scenario runs under ``asyncio.run`` with one overall time bound, and waits on
 messages, never on sleeps. Topics are ``fl/{fleet}/...`` with the test's own fleet.
@@ -36,7 +36,7 @@ from tools.broker import (
 pytestmark = pytest.mark.broker
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCENARIO_TIMEOUT = 20.0
 RETAINED_WITHIN = 1.0
 

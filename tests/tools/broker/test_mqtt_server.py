@@ -1,13 +1,13 @@
 """Topic matching and filter rules of fedmq's own broker (MQTT 3.1.1 §4.7).
 
-Its behaviour on the wire is tested against Mosquitto's in tests/tools/test_broker.py.
+Its behaviour on the wire is tested against Mosquitto's in tests/tools/broker/test_broker.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tools.mqtt_server import topic_matches, valid_filter, valid_topic
+from tools.broker.mqtt_server import topic_matches, valid_filter, valid_topic
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ def add_device_command(
     works); the file gets only a salted hash, written by mosquitto_passwd. Mosquitto
     reads the file at start-up and on SIGHUP.
     """
-    from tools.provision import add_user
+    from tools.pki.provision import add_user
 
     password = add_user(password_file, device_id, role=role, force=force)
     what = "new password of" if force else "password for"

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.service import Aggregator, AggregatorConfig
+from aggregator.config import AggregatorConfig
+from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
@@ -28,9 +29,9 @@ from fedmq.errors import BrokerError, ConfigError
 from fedmq.model import Weights, init_weights
 from fedmq.training import Hyper, TrainStats
 from fedmq.wire import GlobalModel, Update
-from tools.partition import partition
-from tools.simulate import ATTACKS, SIGNFLIP_SCALE, DelayModel, attack_update, pick_malicious
-from tools.tasks import Task, load_task
+from tools.sim.partition import partition
+from tools.sim.simulate import ATTACKS, SIGNFLIP_SCALE, DelayModel, attack_update, pick_malicious
+from tools.sim.tasks import Task, load_task
 
 DEFAULT_TARGETS = {"digits": 0.92, "linreg": 0.0105}  # accuracy, or test MSE for linreg
 
@@ -52,7 +53,7 @@ class DemoConfig:
     seed: int = 0
     fleet: str = "demo"
     out_dir: Path = Path("runs/demo")
-    malicious: float = 0.0  # fraction of devices that attack (see tools.simulate.ATTACKS)
+    malicious: float = 0.0  # fraction of devices that attack (see tools.sim.simulate.ATTACKS)
     attack: str = "signflip"
     defence: bool = True
 
@@ -72,7 +73,7 @@ class DemoConfig:
 
 
 class MaliciousAgent(Agent):
-    """A real agent on the wire whose updates attack the model (``tools.simulate.ATTACKS``)."""
+    """A real agent on the wire whose updates attack the model (``tools.sim.simulate.ATTACKS``)."""
 
     def __init__(self, cfg: AgentConfig, data: Dataset, *, attack: str) -> None:
         super().__init__(cfg, data)

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from tools.commands.simulate import StrategyName, TaskName, strategy_params
+from tools.cli.simulate import StrategyName, TaskName, strategy_params
 
 if TYPE_CHECKING:
-    from tools.demo import Snapshot
+    from tools.sim.demo import Snapshot
 
 
 def demo_command(
@@ -62,7 +62,7 @@ def demo_command(
     edge agent with its own connection, data shard and compute delay. Stops at --target
     or after --budget seconds and prints a summary.
     """
-    from tools.demo import DemoConfig, run_demo
+    from tools.sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         task=task.value,

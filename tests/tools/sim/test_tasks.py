@@ -1,4 +1,4 @@
-"""tools.tasks: the bundled digits and linreg tasks."""
+"""tools.sim.tasks: the bundled digits and linreg tasks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedmq.errors import ConfigError
-from tools.tasks import TASKS, centralized_baseline, load_task, stratified_split
+from tools.sim.tasks import TASKS, centralized_baseline, load_task, stratified_split
 
 
 @pytest.fixture(scope="module")

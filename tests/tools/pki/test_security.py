@@ -1,7 +1,7 @@
 """The production broker: TLS, passwords and the per-device ACL, proven against Mosquitto.
 
 The broker runs ``broker_config/production.conf`` and ``broker_config/acl`` themselves,
-with this test's paths written in by :func:`tools.provision.render_production_config`,
+with this test's paths written in by :func:`tools.pki.provision.render_production_config`,
 certificates made by ``fedmq certs`` and passwords by ``fedmq broker add-device`` (the
 password each prints is the one the clients log in with).
 
@@ -33,10 +33,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmq.config import BrokerConfig
-from tools import provision
 from tools.broker import DEV_CONF, LOOPBACK, LocalBroker
 from tools.cli import main
-from tools.provision import ACL_FILE, PRODUCTION_CONF, render_production_config
+from tools.pki import provision
+from tools.pki.provision import ACL_FILE, PRODUCTION_CONF, render_production_config
 
 T = TypeVar("T")
 SCENARIO_TIMEOUT = 20.0

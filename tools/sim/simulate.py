@@ -31,8 +31,8 @@ from aggregator.strategies import Contribution, Strategy, make_strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Arch, Weights, accuracy, init_weights, loss
 from fedmq.training import Hyper, train_local
-from tools.partition import partition
-from tools.tasks import Task, load_task
+from tools.sim.partition import partition
+from tools.sim.tasks import Task, load_task
 
 # Each run's duration is the device's own delay times this much lognormal jitter,
 # so devices keep their speed ranking without moving in lockstep.

@@ -5,7 +5,7 @@ Two kinds behind one small interface, :class:`LocalBroker`:
 - :class:`MosquittoBroker` runs the ``mosquitto`` binary (a child process) with the
   ``broker_config/dev.conf`` template.
 - :class:`EmbeddedBroker` runs fedmq's own small MQTT 3.1.1 broker
-  (:mod:`tools.mqtt_server`) on an event loop of its own in a background thread, for
+  (:mod:`tools.broker.mqtt_server`) on an event loop of its own in a background thread, for
   machines without Mosquitto; nothing to install.
 
 Neither runs in the caller's event loop, so one blocking interface serves both:
@@ -14,7 +14,7 @@ EmbeddedBroker(port=0) as b`` (or any kind from :func:`choose_broker`): the bloc
 start and stop then run in a worker thread, never in the event loop, and a broker thread
 keeps serving while the caller's loop is busy.
 
-The code lives in private modules (``_broker_base``, ``_mosquitto``, ``_embedded``);
+The code lives in ``base``, ``mosquitto``, ``embedded`` and ``mqtt_server``;
 import it from here.
 
 Why our own broker: amqtt 0.12.1 sends a connecting client the retained messages that
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Literal
 
 from fedmq.errors import ConfigError
-from tools._broker_base import LOOPBACK, LocalBroker, accepting, free_port
-from tools._embedded import EmbeddedBroker
-from tools._mosquitto import DEV_CONF, MosquittoBroker, find_mosquitto, render_config
+from tools.broker.base import LOOPBACK, LocalBroker, accepting, free_port
+from tools.broker.embedded import EmbeddedBroker
+from tools.broker.mosquitto import DEV_CONF, MosquittoBroker, find_mosquitto, render_config
 
 __all__ = [
     "DEV_CONF",

@@ -17,8 +17,8 @@ from fedmq.config import BrokerConfig
 from fedmq.data import Dataset, save_npz
 from fedmq.topics import Topics
 from fedmq.wire import AggregatorStatus
-from tools.partition import partition
-from tools.tasks import load_task
+from tools.sim.partition import partition
+from tools.sim.tasks import load_task
 
 pytestmark = pytest.mark.broker
 FEDMQ = [sys.executable, "-c", "from tools.entry import main; main()"]
