@@ -1,4 +1,4 @@
-"""Mosquitto as a child process, configured from a template (``broker_config/dev.conf``)."""
+"""Mosquitto as a child process, configured from a template (the packaged ``dev.conf``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import broker_config
 from fedmq.errors import BrokerError, ConfigError
 from tools.broker.base import LOOPBACK, LocalBroker, accepting
 
 if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
     from typing_extensions import Self
 
-DEV_CONF = Path(__file__).resolve().parents[2] / "broker_config" / "dev.conf"
+DEV_CONF = broker_config.resource(broker_config.DEV)  # inside the installed package
 # Debian and Homebrew put mosquitto in an sbin directory that is often not on PATH.
 SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin")
 _PROBE_EVERY_S = 0.02  # how often a starting broker is checked for a listening socket
@@ -30,7 +33,7 @@ def find_mosquitto() -> str | None:
 
 
 class MosquittoBroker(LocalBroker):
-    """Mosquitto from the ``config`` template (default ``broker_config/dev.conf``).
+    """Mosquitto from the ``config`` template (default the packaged ``dev.conf``).
 
     ``workdir`` holds the generated ``mosquitto.conf``, ``mosquitto.log`` and the
     persistence database. By default it is a new temp dir that :meth:`restart` keeps and
@@ -43,7 +46,7 @@ class MosquittoBroker(LocalBroker):
         self,
         port: int = 0,
         *,
-        config: str | Path = DEV_CONF,
+        config: str | os.PathLike[str] | Traversable = DEV_CONF,
         binary: str | Path | None = None,
         workdir: str | Path | None = None,
         start_timeout: float = 10.0,
@@ -51,8 +54,9 @@ class MosquittoBroker(LocalBroker):
     ):
         super().__init__(port, start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.binary = _resolve_mosquitto(binary)
+        source = Path(config) if isinstance(config, str | os.PathLike) else config
         try:
-            self.template = Path(config).read_text(encoding="utf-8")
+            self.template = source.read_text(encoding="utf-8")
         except OSError as exc:
             raise BrokerError(
                 "bad_config", f"cannot read Mosquitto config {config}: {exc}"

@@ -50,7 +50,7 @@ def broker_command(
 
     def ready(b: object) -> None:
         what = (
-            f"mosquitto ({Path(config or DEV_CONF)})"
+            f"mosquitto ({config or DEV_CONF})"
             if not isinstance(b, EmbeddedBroker)
             else "embedded broker (MQTT 3.1.1, no TLS/auth; install mosquitto for more)"
         )

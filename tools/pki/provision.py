@@ -4,7 +4,7 @@
   password in a Mosquitto password file, through ``mosquitto_passwd``, which stores only
   a salted hash. The password is returned to the caller, who shows it once.
 - :func:`render_production_config` writes the paths of one installation (or one test
-  run) into ``broker_config/production.conf``, as :func:`tools.broker.render_config` does
+  run) into the packaged ``production.conf``, as :func:`tools.broker.render_config` does
   for ``dev.conf``.
 """
 
@@ -17,22 +17,20 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import broker_config
 from fedmq.errors import BrokerError, ConfigError
 from fedmq.topics import validate_device_id
 from tools.broker.mosquitto import SBIN_DIRS, find_binary, substitute_lines
 
-BROKER_CONFIG = Path(__file__).resolve().parents[2] / "broker_config"
-PRODUCTION_CONF = BROKER_CONFIG / "production.conf"
-ACL_FILE = BROKER_CONFIG / "acl"
+# Package data, read with importlib.resources: they ship inside the wheel.
+PRODUCTION_CONF = broker_config.resource(broker_config.PRODUCTION)
+ACL_FILE = broker_config.resource(broker_config.ACL)
 
 # The ACL (broker_config/acl) grants these roles by username; a device gets the patterns.
 ROLES = ("device", "aggregator", "observer")
 ROLE_USERNAMES = {"aggregator": "aggregator", "observer": "observer"}
 PASSWORD_BYTES = 24  # secrets.token_urlsafe(24): 32 characters, 192 random bits
 _PASSWD_TIMEOUT_S = 30.0
-
-# The per-installation lines of production.conf; each must appear exactly once there.
-PATH_KEYS = ("cafile", "certfile", "keyfile", "password_file", "acl_file")
 
 
 def find_mosquitto_passwd() -> str | None:
@@ -168,7 +166,7 @@ def render_production_config(
     certfile: str | Path,
     keyfile: str | Path,
     password_file: str | Path,
-    acl_file: str | Path = ACL_FILE,
+    acl_file: str | Path | None = None,
     port: int | None = None,
     bind: str | None = None,
     persistence_dir: str | Path | None = None,
@@ -178,14 +176,15 @@ def render_production_config(
     ``port`` (and ``bind``, an address) replace the ``listener`` line, and
     ``persistence_dir`` the ``persistence_location``; left out, they stay as written,
     e.g. for :class:`tools.broker.MosquittoBroker`, which sets both for each run. Paths
-    must not contain whitespace: Mosquitto splits its lines on it.
+    must not contain whitespace: Mosquitto splits its lines on it. ``acl_file`` defaults
+    to the packaged ``acl``, which Mosquitto reads in place.
     """
     paths = {
         "cafile": cafile,
         "certfile": certfile,
         "keyfile": keyfile,
         "password_file": password_file,
-        "acl_file": acl_file,
+        "acl_file": broker_config.file_path(broker_config.ACL) if acl_file is None else acl_file,
     }
     values: dict[str, str] = {}
     for key, value in paths.items():
