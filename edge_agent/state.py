@@ -7,10 +7,10 @@ published, so a crash or restart can skip a seq but can never send one twice.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from fedmq.errors import ConfigError
+from fedmq.files import atomic_write
 
 STATE_FILE = "agent-state.json"
 
@@ -48,11 +48,6 @@ class SeqStore:
     def reserve(self) -> int:
         """Durably reserve and return the next seq."""
         seq = self._next
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as fh:
-            json.dump({"next_seq": seq + 1}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps({"next_seq": seq + 1}))
         self._next = seq + 1
         return seq

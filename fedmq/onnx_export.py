@@ -12,11 +12,9 @@ The graph takes ``x``: float32 ``[N, n_inputs]`` (``N`` symbolic). An MLP output
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +23,7 @@ import numpy as np
 
 from fedmq._version import __version__
 from fedmq.errors import ModelError
+from fedmq.files import atomic_write
 from fedmq.model import Arch, check_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -130,29 +129,8 @@ def to_onnx(
 
 
 def write_onnx(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (see :func:`fedmq.files.atomic_write`),
+    creating its directory; readable by all (0644): the export is published."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with contextlib.suppress(OSError):  # mkstemp makes it 0600; publish it readable
-            os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    return atomic_write(path, data)

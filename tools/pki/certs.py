@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmq.errors import ConfigError
+from fedmq.files import atomic_write
 
 CA_NAME = "ca"
 CA_DAYS = 3650
@@ -218,29 +218,15 @@ def _write(out: CertFiles, cert: x509.Certificate, key: ec.EllipticCurvePrivateK
     """The key first (0600 from its creation on, never briefly readable), then the cert."""
     try:
         out.key.parent.mkdir(parents=True, exist_ok=True)
-        _write_file(
+        atomic_write(
             out.key,
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
-            0o600,
+            mode=0o600,
         )
-        _write_file(out.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(out.cert, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     except OSError as exc:
         raise ConfigError("cert_write", f"cannot write {exc.filename}: {exc.strerror}") from exc
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a new file beside ``path`` with ``mode``, then rename it over."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)  # the umask may have cleared bits of a 0644 certificate
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
