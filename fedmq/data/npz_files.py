@@ -1,0 +1,75 @@
+"""NPZ data files: arrays ``x`` and ``y`` in NumPy's zip format, read without pickle."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from fedmq.data.dataset import Dataset, canonical_task, check_file, targets, to_f32
+from fedmq.errors import DataError
+from fedmq.files import atomic_open
+
+
+def load_npz(path: str | os.PathLike[str], *, task: str = "classification") -> Dataset:
+    """Read an ``.npz`` holding arrays ``x`` (n, features) and ``y`` (n,) or (n, 1)."""
+    path = Path(path)
+    kind = canonical_task(task)
+    check_file(path)
+    x, y = _arrays(path)
+    if x.dtype.kind not in "biuf" or x.ndim != 2:
+        raise DataError(
+            "bad_shape", f"{path}: x must be a 2-D array of numbers, got {x.dtype} {x.shape}"
+        )
+    if y.dtype.kind not in "biuf" or not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
+        raise DataError(
+            "bad_shape",
+            f"{path}: y must be numbers of shape (n,) or (n, 1), got {y.dtype} {y.shape}",
+        )
+    if len(x) != len(y):
+        raise DataError("bad_shape", f"{path}: x has {len(x)} rows but y has {len(y)}")
+    if len(x) == 0 or x.shape[1] == 0:
+        raise DataError(
+            "bad_shape", f"{path}: need at least one row and one feature, x is {x.shape}"
+        )
+    xf = to_f32(x)
+    bad = ~np.isfinite(xf)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(
+            "not_finite", f"{path}: x[{r}, {c}] is {x[r, c]} (values must be finite float32)"
+        )
+    yf = y.reshape(-1).astype(np.float64)
+    if not np.isfinite(yf).all():
+        r = int(np.argmin(np.isfinite(yf)))
+        raise DataError("not_finite", f"{path}: y[{r}] is {yf[r]} (values must be finite)")
+    return Dataset(xf, targets(yf, kind, lambda i: f"{path}: y[{i}]"))
+
+
+def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
+    """Write ``ds`` as an ``.npz`` with arrays ``x`` and ``y``, at exactly ``path``."""
+    with atomic_open(path, mode=0o600) as fh:
+        np.savez(fh, x=ds.x, y=ds.y)
+
+
+def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x`` and ``y`` of the file, unchecked."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                raise DataError(
+                    "missing_array",
+                    f"{path}: needs arrays 'x' and 'y', missing {missing} "
+                    f"(it holds {sorted(npz.files)})",
+                    path=str(path),
+                )
+            return npz["x"], npz["y"]
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise DataError("bad_file", f"{path}: not a readable .npz file ({exc})") from exc
+    except OSError as exc:
+        raise DataError("no_file", f"{path}: cannot read ({exc.strerror or exc})") from exc
