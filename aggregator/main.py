@@ -15,6 +15,7 @@ from fedmq.config import BROKER_FIELDS, BrokerConfig, layered, load_toml
 from fedmq.data import load_dataset
 from fedmq.errors import ConfigError, ModelError
 from fedmq.model import Arch, init_weights
+from fedmq.spec import parse_spec
 from fedmq.training import Hyper
 
 # name -> type; every one may come from the [aggregator] table, $FEDMQ_<NAME> or --<name>.
@@ -52,11 +53,11 @@ STRATEGY_FIELDS: dict[str, type] = {
 
 def parse_arch(spec: str) -> Arch:
     """``mlp:64,32,10[:relu|tanh]`` or ``linear:IN,OUT``."""
-    kind, _, rest = spec.partition(":")
-    widths, _, activation = rest.partition(":")
+    parsed = parse_spec(spec, int, tail=True)
     try:
-        layers = tuple(int(w) for w in widths.split(","))
-        return Arch(kind, layers, activation or "relu")
+        if parsed is None:
+            raise ValueError("layer widths must be integers")
+        return Arch(parsed.name, tuple(map(int, parsed.args)), parsed.tail or "relu")
     except (ValueError, ModelError) as exc:
         raise ConfigError(
             "bad_model", f"bad model {spec!r} ({exc}): use mlp:64,32,10:relu or linear:1,1"

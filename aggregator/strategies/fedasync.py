@@ -17,6 +17,7 @@ import numpy as np
 
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.spec import parse_spec
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,9 @@ class Staleness:
     @classmethod
     def parse(cls, spec: str) -> Staleness:
         """``constant`` | ``poly:A`` | ``hinge:A,B``."""
-        name, _, args = spec.partition(":")
-        try:
-            nums = [float(v) for v in args.split(",")] if args else []
-        except ValueError:
-            nums = None
+        name, nums, _ = parse_spec(spec) or ("", (), "")
         forms = {"constant": 0, "poly": 1, "hinge": 2}
-        if name not in forms or nums is None or len(nums) != forms[name]:
+        if forms.get(name) != len(nums):
             raise ConfigError(
                 "bad_staleness",
                 f"bad staleness {spec!r}: use constant, poly:A or hinge:A,B (e.g. poly:0.5)",

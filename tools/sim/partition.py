@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from fedmq.errors import ConfigError
+from fedmq.spec import parse_spec
 
 SCHEMES = ("iid", "dirichlet", "shards")
 _USAGE = (
@@ -31,21 +32,13 @@ _USAGE = (
 def parse_partition(spec: str) -> tuple[str, float | int | None]:
     """``"iid"`` → ``("iid", None)``, ``"dirichlet:0.5"`` → ``("dirichlet", 0.5)``,
     ``"shards:2"`` → ``("shards", 2)``; ConfigError("bad_partition") otherwise."""
-    if not isinstance(spec, str):
-        raise ConfigError("bad_partition", f"bad partition {spec!r}: {_USAGE}")
-    name, sep, arg = spec.strip().partition(":")
-    arg = arg.strip()
-    if name == "iid" and not sep:
+    name, args, _ = parse_spec(spec) or ("", (), "")
+    if name == "iid" and not args:
         return "iid", None
-    if name == "dirichlet" and sep:
-        try:
-            alpha = float(arg)
-        except ValueError:
-            alpha = math.nan
-        if math.isfinite(alpha) and alpha > 0:
-            return "dirichlet", alpha
-    if name == "shards" and sep and arg.isdigit() and int(arg) >= 1:
-        return "shards", int(arg)
+    if name == "dirichlet" and len(args) == 1 and args[0] > 0:
+        return "dirichlet", args[0]
+    if name == "shards" and len(args) == 1 and args[0] >= 1 and args[0].is_integer():
+        return "shards", int(args[0])
     raise ConfigError("bad_partition", f"bad partition {spec!r}: {_USAGE}")
 
 

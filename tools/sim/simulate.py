@@ -30,6 +30,7 @@ import numpy as np
 from aggregator.strategies import Contribution, Strategy, make_strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Arch, Weights, accuracy, init_weights, loss
+from fedmq.spec import parse_spec
 from fedmq.training import Hyper, train_local
 from tools.sim.partition import partition
 from tools.sim.tasks import Task, load_task
@@ -94,15 +95,11 @@ class DelayModel:
 
     @classmethod
     def parse(cls, spec: str) -> DelayModel:
-        name, _, args = spec.partition(":")
-        try:
-            nums = [float(v) for v in args.split(",")] if args else []
-        except ValueError:
-            nums = []
+        name, nums, _ = parse_spec(spec) or ("", (), "")
         ok = (name == "lognormal" and len(nums) == 2 and nums[0] > 0 and nums[1] >= 0) or (
             name == "constant" and len(nums) == 1 and nums[0] > 0
         )
-        if not ok or not all(math.isfinite(v) for v in nums):
+        if not ok:
             raise ConfigError(
                 "bad_delays",
                 f"bad delays {spec!r}: use lognormal:MEDIAN_S,SIGMA (e.g. lognormal:0.05,1.0) "
