@@ -72,9 +72,6 @@ class Arch:
             shapes[f"b{i}"] = (fan_out,)
         return shapes
 
-    def num_params(self) -> int:
-        return sum(int(np.prod(s)) for s in self.param_shapes().values())
-
     def to_dict(self) -> dict:
         return {"kind": self.kind, "layers": list(self.layers), "activation": self.activation}
 

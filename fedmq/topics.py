@@ -81,16 +81,8 @@ class Topics:
     def updates_filter(self) -> str:
         return f"{self.prefix}/updates/+"
 
-    def shared_updates_filter(self, group: str = "fedmq") -> str:
-        """MQTT v5 shared subscription, for several aggregator workers."""
-        return f"$share/{validate_fleet(group)}/{self.updates_filter}"
-
     def device_status(self, device: str) -> str:
         return f"{self.prefix}/devices/{validate_device_id(device)}/status"
-
-    @property
-    def device_status_filter(self) -> str:
-        return f"{self.prefix}/devices/+/status"
 
     @property
     def aggregator_status(self) -> str:
@@ -99,16 +91,8 @@ class Topics:
     def aggregator_device(self, device: str) -> str:
         return f"{self.prefix}/aggregator/devices/{validate_device_id(device)}"
 
-    @property
-    def aggregator_devices_filter(self) -> str:
-        return f"{self.prefix}/aggregator/devices/+"
-
     def stats(self, device: str) -> str:
         return f"{self.prefix}/stats/{validate_device_id(device)}"
-
-    @property
-    def stats_filter(self) -> str:
-        return f"{self.prefix}/stats/+"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmq.errors import ModelError
-from fedmq.model import Arch, Weights, check_weights, copy_weights, global_norm, loss_and_grads
+from fedmq.model import (
+    Arch,
+    Weights,
+    check_weights,
+    copy_weights,
+    global_norm,
+    loss_and_grads,
+    subtract,
+)
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def train_local(
             seen += len(idx)
             steps += 1
         epoch_loss = total / seen
-    delta = {k: (w[k] - base[k]).astype(np.float32) for k in w}
+    delta = subtract(w, base)
     delta, clipped = clip_delta(delta, hyper.clip)
     if hyper.noise > 0:
         sigma = hyper.noise * hyper.clip

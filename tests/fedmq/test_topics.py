@@ -27,12 +27,9 @@ def test_topic_names_match_the_design() -> None:
     assert t.model_onnx == "fl/lab/model/onnx"
     assert t.update("pi-1") == "fl/lab/updates/pi-1"
     assert t.updates_filter == "fl/lab/updates/+"
-    assert t.shared_updates_filter() == "$share/fedmq/fl/lab/updates/+"
     assert t.device_status("pi-1") == "fl/lab/devices/pi-1/status"
-    assert t.device_status_filter == "fl/lab/devices/+/status"
     assert t.aggregator_status == "fl/lab/aggregator/status"
     assert t.aggregator_device("pi-1") == "fl/lab/aggregator/devices/pi-1"
-    assert t.aggregator_devices_filter == "fl/lab/aggregator/devices/+"
     assert t.stats("pi-1") == "fl/lab/stats/pi-1"
     assert Topics().prefix == "fl/default"
 

@@ -170,8 +170,8 @@ def test_noise_is_seeded_and_scaled():
     for name in noisy1:
         np.testing.assert_array_equal(noisy1[name], noisy2[name])
     noise = np.concatenate([(noisy1[k] - clean[k]).ravel() for k in clean])
-    # sigma = noise * clip = 0.5, over CLF.num_params() = 42 entries.
-    assert noise.size == CLF.num_params()
+    # sigma = noise * clip = 0.5, over all of CLF's parameters.
+    assert noise.size == sum(v.size for v in clean.values())
     assert 0.3 < float(noise.std()) < 0.7
 
 
