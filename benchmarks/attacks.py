@@ -16,12 +16,12 @@ so one final evaluation is a noisy number); the final accuracy is recorded besid
 
 from __future__ import annotations
 
-import argparse
 import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fleet import fleet_parser, write_report
 from tools.sim.simulate import ATTACKS, SimConfig, simulate
 
 
@@ -39,18 +39,12 @@ def _floats(text: str) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--devices", type=int, default=50)
-    p.add_argument("--partition", default="dirichlet:0.3")
-    p.add_argument("--delays", default="lognormal:0.05,1.0")
-    p.add_argument("--budget", type=float, default=10.0)
+    p = fleet_parser(__doc__, budget=10.0, out="benchmarks/out/attacks.json")
     p.add_argument("--tail", type=float, default=0.2, help="fraction of the budget averaged")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fractions", type=_floats, default=[0.1, 0.2, 0.3])
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--defence-params", type=json.loads, default={}, help="JSON, for tuning")
     p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/out/attacks.json"))
     args = p.parse_args(argv)
     attacks = args.attacks.split(",")
     base = dict(
@@ -77,27 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with ProcessPoolExecutor(args.workers) as pool:
         outs = list(pool.map(_run, configs, [args.tail] * len(configs)))
     clean = {d: out for (a, _, d), out in zip(plan, outs, strict=True) if a == "none"}
-    rows = []
-    for (attack, frac, defence), r in zip(plan, outs, strict=True):
-        rows.append(
-            {
-                "attack": attack,
-                "malicious": frac,
-                "defence": defence,
-                "malicious_devices": r["malicious_devices"],
-                "accuracy": r["tail_accuracy"],
-                "final_accuracy": r["test_accuracy"],
-                "vs_clean": round(r["tail_accuracy"] - clean[defence]["tail_accuracy"], 4),
-                "vs_clean_undefended": round(r["tail_accuracy"] - clean[False]["tail_accuracy"], 4),
-                "malicious_applied": r["malicious_applied"],
-                "malicious_rejected": sum(r["malicious_rejected_by_reason"].values()),
-                "honest_rejected": r["updates_rejected"]
-                - sum(r["malicious_rejected_by_reason"].values()),
-                "rejected_by_reason": r["rejected_by_reason"],
-                "versions": r["versions"],
-                "wall_s": r["wall_s"],
-            }
-        )
+    rows = [_row(*run, r, clean) for run, r in zip(plan, outs, strict=True)]
     report = {
         "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "strategy_params": {d: clean[d]["strategy_params"] for d in (True, False)},
@@ -106,9 +80,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "results": rows,
     }
     _print_table(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     return report
+
+
+def _row(
+    attack: str, frac: float, defence: bool, r: dict[str, Any], clean: dict[bool, dict[str, Any]]
+) -> dict[str, Any]:
+    """One run's line of the report; ``clean`` holds the 0 % runs, with and without defence."""
+    return {
+        "attack": attack,
+        "malicious": frac,
+        "defence": defence,
+        "malicious_devices": r["malicious_devices"],
+        "accuracy": r["tail_accuracy"],
+        "final_accuracy": r["test_accuracy"],
+        "vs_clean": round(r["tail_accuracy"] - clean[defence]["tail_accuracy"], 4),
+        "vs_clean_undefended": round(r["tail_accuracy"] - clean[False]["tail_accuracy"], 4),
+        "malicious_applied": r["malicious_applied"],
+        "malicious_rejected": sum(r["malicious_rejected_by_reason"].values()),
+        "honest_rejected": r["updates_rejected"] - sum(r["malicious_rejected_by_reason"].values()),
+        "rejected_by_reason": r["rejected_by_reason"],
+        "versions": r["versions"],
+        "wall_s": r["wall_s"],
+    }
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -10,12 +10,10 @@ machine's speed; the ratio to FedAvg (measured in the same run) is the headline.
 
 from __future__ import annotations
 
-import argparse
-import json
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
+from benchmarks.fleet import fleet_parser, write_report
 from tools.sim.simulate import SimConfig, simulate
 from tools.sim.tasks import centralized_baseline, load_task
 
@@ -27,14 +25,8 @@ def _run(cfg: SimConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--devices", type=int, default=50)
-    p.add_argument("--partition", default="dirichlet:0.3")
-    p.add_argument("--delays", default="lognormal:0.05,1.0")
-    p.add_argument("--budget", type=float, default=30.0)
+    p = fleet_parser(__doc__, budget=30.0, out="benchmarks/out/strategies.json")
     p.add_argument("--target", type=float, default=0.90)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/out/strategies.json"))
     args = p.parse_args(argv)
     configs = [
         SimConfig(
@@ -78,6 +70,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "centralized_setup": "64-32-10 relu MLP, 40 epochs, lr 0.05, batch 16, seed as above",
         "results": rows,
     }
+    _print_table(rows, central)
+    write_report(args.out, report)
+    return report
+
+
+def _print_table(rows: list[dict[str, Any]], central: float) -> None:
     print(f"{'strategy':<10}{'acc':>8}{'best':>8}{'t→target':>10}{'÷fedavg':>9}{'versions':>10}")
     for r in rows:
         t = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.2f}s"
@@ -87,9 +85,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{t:>10}{ratio:>9}{r['versions']:>10}"
         )
     print(f"centralized {central:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 if __name__ == "__main__":

@@ -81,20 +81,8 @@ def clip_delta(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Weight
     return {k: (v * factor).astype(np.float32) for k, v in delta.items()}, True
 
 
-def train_local(
-    arch: Arch,
-    base: Mapping[str, np.ndarray],
-    x: np.ndarray,
-    y: np.ndarray,
-    hyper: Hyper,
-    rng: np.random.Generator,
-) -> tuple[Weights, TrainStats]:
-    """E epochs of mini-batch SGD from ``base``; returns ``local - base`` and stats.
-
-    FedProx (Li et al. 2020) adds ``mu/2 * ||w - base||^2`` to the loss, i.e.
-    ``mu * (w - base)`` to each gradient.
-    """
-    check_weights(arch, base)
+def _check_data(arch: Arch, x: np.ndarray, y: np.ndarray) -> int:
+    """The number of samples, once ``x`` and ``y`` fit ``arch``; ModelError otherwise."""
     n = len(x)
     if n == 0:
         raise ModelError("no_data", "cannot train on an empty data set")
@@ -110,6 +98,24 @@ def train_local(
         labels.ndim != 1 or labels.min() < 0 or labels.max() >= arch.n_outputs
     ):
         raise ModelError("bad_data", f"class labels must be a vector in 0..{arch.n_outputs - 1}")
+    return n
+
+
+def train_local(
+    arch: Arch,
+    base: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    hyper: Hyper,
+    rng: np.random.Generator,
+) -> tuple[Weights, TrainStats]:
+    """E epochs of mini-batch SGD from ``base``; returns ``local - base`` and stats.
+
+    FedProx (Li et al. 2020) adds ``mu/2 * ||w - base||^2`` to the loss, i.e.
+    ``mu * (w - base)`` to each gradient.
+    """
+    check_weights(arch, base)
+    n = _check_data(arch, x, y)
     started = time.perf_counter()
     w = copy_weights(base)
     steps = 0
