@@ -14,13 +14,13 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import pytest
 
 from fedmq.errors import BrokerError
 from tools.broker import EmbeddedBroker, LocalBroker, MosquittoBroker
+from tools.broker.mosquitto import find_binary
 
 FLEET_MAX = 64
 
@@ -29,9 +29,18 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def missing_tool(message: str) -> NoReturn:
+    """Skip the test for a missing broker tool, or fail it under CI or
+    FEDMQ_REQUIRE_MOSQUITTO=1."""
+    for flag in ("CI", "FEDMQ_REQUIRE_MOSQUITTO"):
+        if _env_flag(flag):
+            pytest.fail(f"{message} (required because {flag} is set)", pytrace=False)
+    pytest.skip(message)
+
+
 def make_broker(kind: str, **options: Any) -> LocalBroker:
-    """An unstarted broker of ``kind``; a missing Mosquitto skips the test, or fails it
-    under CI or FEDMQ_REQUIRE_MOSQUITTO=1."""
+    """An unstarted broker of ``kind``; a missing Mosquitto skips the test (see
+    :func:`missing_tool`)."""
     if kind == "embedded":
         return EmbeddedBroker(**options)
     if kind != "mosquitto":
@@ -41,44 +50,44 @@ def make_broker(kind: str, **options: Any) -> LocalBroker:
     except BrokerError as exc:
         if exc.reason != "no_mosquitto":
             raise
-        for flag in ("CI", "FEDMQ_REQUIRE_MOSQUITTO"):
-            if _env_flag(flag):
-                pytest.fail(f"{exc} (required because {flag} is set)", pytrace=False)
-        pytest.skip(str(exc))
+        missing_tool(str(exc))
 
 
-@contextmanager
-def _running(kind: str) -> Iterator[LocalBroker]:
-    with make_broker(kind) as broker:
-        yield broker
+def _running_broker(name: str, kind: str, scope: Literal["function", "session"], doc: str) -> Any:
+    """A fixture ``name`` that yields a running broker of ``kind``, one per ``scope``."""
+
+    def running() -> Iterator[LocalBroker]:
+        with make_broker(kind) as broker:
+            yield broker
+
+    running.__doc__ = doc
+    return pytest.fixture(scope=scope, name=name)(running)
 
 
-@pytest.fixture
-def mosquitto() -> Iterator[LocalBroker]:
-    """A Mosquitto of this test's own (``broker_config/dev.conf``, free loopback port)."""
-    with _running("mosquitto") as broker:
-        yield broker
-
-
-@pytest.fixture(scope="session")
-def mosquitto_session() -> Iterator[LocalBroker]:
-    """One Mosquitto for the whole session; isolate tests with ``fleet``."""
-    with _running("mosquitto") as broker:
-        yield broker
-
-
-@pytest.fixture
-def embedded_broker() -> Iterator[LocalBroker]:
-    """An embedded broker of this test's own, on a free loopback port."""
-    with _running("embedded") as broker:
-        yield broker
-
-
-@pytest.fixture(scope="session")
-def embedded_broker_session() -> Iterator[LocalBroker]:
-    """One embedded broker for the whole session; isolate tests with ``fleet``."""
-    with _running("embedded") as broker:
-        yield broker
+mosquitto = _running_broker(
+    "mosquitto",
+    "mosquitto",
+    "function",
+    "A Mosquitto of this test's own (the packaged dev.conf, free loopback port).",
+)
+mosquitto_session = _running_broker(
+    "mosquitto_session",
+    "mosquitto",
+    "session",
+    "One Mosquitto for the whole session; isolate tests with ``fleet``.",
+)
+embedded_broker = _running_broker(
+    "embedded_broker",
+    "embedded",
+    "function",
+    "An embedded broker of this test's own, on a free loopback port.",
+)
+embedded_broker_session = _running_broker(
+    "embedded_broker_session",
+    "embedded",
+    "session",
+    "One embedded broker for the whole session; isolate tests with ``fleet``.",
+)
 
 
 @pytest.fixture(params=["mosquitto", "embedded"])
@@ -86,6 +95,17 @@ def broker(request: pytest.FixtureRequest) -> LocalBroker:
     """Each kind of broker in turn, shared across the session."""
     shared = {"mosquitto": "mosquitto_session", "embedded": "embedded_broker_session"}
     return request.getfixturevalue(shared[request.param])
+
+
+@pytest.fixture
+def mosquitto_binaries() -> dict[str, str]:
+    """The paths of ``mosquitto`` and ``mosquitto_passwd``; missing ones skip the test (see
+    :func:`missing_tool`)."""
+    found = {name: find_binary(name) for name in ("mosquitto", "mosquitto_passwd")}
+    absent = [name for name, path in found.items() if path is None]
+    if absent:
+        missing_tool(f"no {' or '.join(absent)} on PATH or in the usual sbin directories")
+    return {name: str(path) for name, path in found.items()}
 
 
 @pytest.fixture
