@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmq.data.dataset import Dataset, canonical_task, check_file, targets, to_f32
+from fedmq.data.dataset import Dataset, canonical_task, check_file, finite_f32, targets
 from fedmq.errors import DataError
 from fedmq.files import atomic_open
 
@@ -43,13 +43,7 @@ def load_csv(
     values = _values(rows, header, ncols, path)
     lines = [line for line, _ in rows]
     x64 = values[:, [c for c in range(ncols) if c != label_col]]
-    x = to_f32(x64)
-    too_big = ~np.isfinite(x)
-    if too_big.any():
-        r, c = np.argwhere(too_big)[0]
-        raise DataError(
-            "not_finite", f"{path}:{lines[r]}: value {x64[r, c]} does not fit in float32"
-        )
+    x = finite_f32(x64, lambda i: f"{path}:{lines[i[0]]}: value {x64[i]} does not fit in float32")
     y = targets(values[:, label_col], kind, lambda i: f"{path}:{lines[i]}")
     return Dataset(x, y)
 

@@ -141,12 +141,20 @@ def targets(values: np.ndarray, task: str, where: Callable[[int], str]) -> np.nd
                 "for real-valued targets use task=regression",
             )
         return values.astype(np.int64)
+    fits = finite_f32(
+        values, lambda i: f"{where(i[0])}: target {values[i]} does not fit in float32"
+    )
+    return fits.reshape(-1, 1)
+
+
+def finite_f32(values: np.ndarray, where: Callable[[tuple[int, ...]], str]) -> np.ndarray:
+    """``values`` as float32; DataError("not_finite", ``where(index)``) at the first one that
+    is not finite there (NaN, inf, or beyond float32's range)."""
     result = to_f32(values)
-    too_big = ~np.isfinite(result)
-    if too_big.any():
-        i = int(np.argmax(too_big))
-        raise DataError("not_finite", f"{where(i)}: target {values[i]} does not fit in float32")
-    return result.reshape(-1, 1)
+    bad = ~np.isfinite(result)
+    if bad.any():
+        raise DataError("not_finite", where(tuple(int(i) for i in np.argwhere(bad)[0])))
+    return result
 
 
 def to_f32(values: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedmq.data.dataset import Dataset, canonical_task, check_file, targets, to_f32
+from fedmq.data.dataset import Dataset, canonical_task, check_file, finite_f32, targets
 from fedmq.errors import DataError
 from fedmq.files import atomic_open
 
@@ -34,13 +34,9 @@ def load_npz(path: str | os.PathLike[str], *, task: str = "classification") -> D
         raise DataError(
             "bad_shape", f"{path}: need at least one row and one feature, x is {x.shape}"
         )
-    xf = to_f32(x)
-    bad = ~np.isfinite(xf)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise DataError(
-            "not_finite", f"{path}: x[{r}, {c}] is {x[r, c]} (values must be finite float32)"
-        )
+    xf = finite_f32(
+        x, lambda i: f"{path}: x[{i[0]}, {i[1]}] is {x[i]} (values must be finite float32)"
+    )
     yf = y.reshape(-1).astype(np.float64)
     if not np.isfinite(yf).all():
         r = int(np.argmin(np.isfinite(yf)))
