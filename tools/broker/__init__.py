@@ -3,7 +3,7 @@
 Two kinds behind one small interface, :class:`LocalBroker`:
 
 - :class:`MosquittoBroker` runs the ``mosquitto`` binary (a child process) with the
-  ``broker_config/dev.conf`` template.
+  ``dev.conf`` template that ships in the wheel (package ``broker_config``).
 - :class:`EmbeddedBroker` runs fedmq's own small MQTT 3.1.1 broker
   (:mod:`tools.broker.mqtt_server`) on an event loop of its own in a background thread, for
   machines without Mosquitto; nothing to install.
