@@ -9,7 +9,7 @@ Two kinds behind one small interface, :class:`LocalBroker`:
   machines without Mosquitto; nothing to install.
 
 Neither runs in the caller's event loop, so one blocking interface serves both:
-``with start_broker() as b: b.url``. Asyncio code writes ``async with
+``with choose_broker() as b: b.url``. Asyncio code writes ``async with
 EmbeddedBroker(port=0) as b`` (or any kind from :func:`choose_broker`): the blocking
 start and stop then run in a worker thread, never in the event loop, and a broker thread
 keeps serving while the caller's loop is busy.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedmq.errors import ConfigError
-from tools.broker.base import LOOPBACK, LocalBroker, accepting, free_port
+from tools.broker.base import LOOPBACK, LocalBroker, accepting
 from tools.broker.embedded import EmbeddedBroker
 from tools.broker.mosquitto import DEV_CONF, MosquittoBroker, find_mosquitto, render_config
 
@@ -43,9 +43,7 @@ __all__ = [
     "accepting",
     "choose_broker",
     "find_mosquitto",
-    "free_port",
     "render_config",
-    "start_broker",
 ]
 
 Prefer = Literal["auto", "mosquitto", "embedded"]
@@ -65,8 +63,3 @@ def choose_broker(
     if prefer == "mosquitto" or binary:
         return MosquittoBroker(port, binary=binary)
     return EmbeddedBroker(port)
-
-
-def start_broker(prefer: Prefer = "auto", port: int = 0) -> LocalBroker:
-    """A running broker (see :func:`choose_broker`); use it as a context manager to stop it."""
-    return choose_broker(prefer, port).start()

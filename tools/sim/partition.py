@@ -23,7 +23,6 @@ import numpy as np
 from fedmq.errors import ConfigError
 from fedmq.spec import parse_spec
 
-SCHEMES = ("iid", "dirichlet", "shards")
 _USAGE = (
     "use iid, dirichlet:ALPHA (ALPHA > 0, e.g. dirichlet:0.5) or shards:K (K >= 1, e.g. shards:2)"
 )
