@@ -1,181 +1,42 @@
-"""The production broker: TLS, passwords and the per-device ACL, proven against Mosquitto.
+"""The production broker: TLS, passwords and the fleet ACL, proven against Mosquitto.
 
-The broker runs ``broker_config/production.conf`` and ``broker_config/acl`` themselves,
-with this test's paths written in by :func:`tools.pki.provision.render_production_config`,
-certificates made by ``fedmq certs`` and passwords by ``fedmq broker add-device`` (the
-password each prints is the one the clients log in with).
-
-"Never arrives" is shown without sleeping: the subscriber is in place first, the forbidden
-publishes go out, then a permitted marker; once the marker arrives, anything the broker
-had let through would have arrived before it (one publisher's messages keep their order,
-and a QoS 1 publish is acknowledged only after the broker has routed it).
+The ``secure`` fixture (conftest.py) runs ``broker_config/production.conf`` with this
+test's certificates, passwords and ACL; provisioned.py says how "never arrives" is shown.
+Client-id takeovers are in test_takeover.py, fleets in test_fleets.py, the ownership of
+the files for a broker started as root in test_file_access.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import os
-import socket
 import stat
 import subprocess
-import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from provisioned import (
+    FEDMQ,
+    MARKER,
+    Secure,
+    assert_one_line_error,
+    bounded,
+    fedmq,
+    seen,
+    tls_refusal,
+    until_marker,
+)
 
 from fedmq.config import BrokerConfig
-from tools.broker import DEV_CONF, LOOPBACK, LocalBroker
-from tools.cli import main
-from tools.pki import provision
+from tools.broker import DEV_CONF, LOOPBACK
+from tools.pki import acl, provision
 from tools.pki.provision import ACL_FILE, PRODUCTION_CONF, render_production_config
-
-T = TypeVar("T")
-SCENARIO_TIMEOUT = 20.0
-FEDMQ = [sys.executable, "-c", "from tools.entry import main; main()"]
-USERS = {"dev-a": "device", "dev-b": "device", "aggregator": "aggregator", "observer": "observer"}
-MARKER = b"marker"
-
-
-# --- running the CLI in-process -----------------------------------------------------
-
-
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str
-
-
-def fedmq(capsys: pytest.CaptureFixture[str], *args: object) -> Ran:
-    """``fedmq ARGS`` through the real entry point (errors become one line and a status)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    out = capsys.readouterr()
-    return Ran(code, out.out, out.err)
-
-
-def assert_one_line_error(ran: Ran) -> None:
-    assert ran.code not in (0, None), ran
-    assert ran.out == ""
-    lines = ran.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fedmq: error: "), ran.err
-    assert "Traceback" not in ran.err
-
-
-# --- a provisioned production broker ------------------------------------------------
-
-
-@dataclass
-class Secure:
-    broker: LocalBroker
-    certs: Path
-    passwords: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def ca(self) -> Path:
-        return self.certs / "ca.crt"
-
-    def config(self, user: str | None, password: str | None = None, **tls: Any) -> BrokerConfig:
-        if user is not None and password is None:
-            password = self.passwords[user]
-        tls.setdefault("ca", self.ca)
-        return BrokerConfig.from_url(
-            f"mqtts://{LOOPBACK}:{self.broker.port}", username=user, password=password, **tls
-        )
-
-    def client(self, user: str | None, password: str | None = None, **tls: Any) -> aiomqtt.Client:
-        return aiomqtt.Client(**self.config(user, password, **tls).client_kwargs(), timeout=10)
-
-
-@pytest.fixture
-def secure(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], new_broker: Callable[..., LocalBroker]
-) -> Secure:
-    """Mosquitto on production.conf + acl, with a fresh CA, server cert and four users."""
-    certs, passwd = tmp_path / "certs", tmp_path / "passwd"
-    conf = tmp_path / "production.conf"
-    conf.write_text(
-        render_production_config(
-            PRODUCTION_CONF.read_text(encoding="utf-8"),
-            cafile=certs / "ca.crt",
-            certfile=certs / "broker.crt",
-            keyfile=certs / "broker.key",
-            password_file=passwd,
-            acl_file=ACL_FILE,
-        )
-    )
-    # Made first: a missing Mosquitto skips (or, under CI, fails) before provisioning.
-    broker = new_broker("mosquitto", config=conf, workdir=tmp_path)
-    assert fedmq(capsys, "certs", "init", "--dir", certs).code == 0
-    issued = fedmq(
-        capsys, "certs", "issue", "broker", "--server", "--dir", certs,
-        "--host", "127.0.0.1", "--host", "localhost",
-    )  # fmt: skip
-    assert issued.code == 0, issued
-    out = Secure(broker, certs)
-    for user, role in USERS.items():
-        added = fedmq(
-            capsys, "broker", "add-device", user, "--password-file", passwd, "--role", role
-        )
-        assert added.code == 0, added
-        out.passwords[user] = added.out.strip()
-    broker.start()
-    return out
-
-
-async def bounded(scenario: Awaitable[T]) -> T:
-    """``scenario``, failed rather than hung if a message never comes."""
-    return await asyncio.wait_for(scenario, SCENARIO_TIMEOUT)
-
-
-async def until_marker(c: aiomqtt.Client, topic: str) -> list[aiomqtt.Message]:
-    """Every message ``c`` receives, up to and including MARKER on ``topic``."""
-    got = []
-    async for message in c.messages:
-        got.append(message)
-        if message.topic.value == topic and message.payload == MARKER:
-            return got
-    raise AssertionError("the message stream ended")
-
-
-async def tls_refusal(client: aiomqtt.Client) -> str:
-    """The error of a connection attempt whose TLS handshake fails.
-
-    paho-mqtt 2.2 leaves the socket of a failed handshake open (``_ssl_wrap_socket``
-    raises past it); it is closed here, through the frames the error passed, so its
-    ResourceWarning cannot fail a later test.
-    """
-    try:
-        await bounded(client.__aenter__())
-    except aiomqtt.MqttError as exc:
-        cause = exc.__context__
-        tb = cause.__traceback__ if cause is not None else None
-        while tb is not None:
-            for value in tb.tb_frame.f_locals.values():
-                if isinstance(value, socket.socket):
-                    value.close()
-            tb = tb.tb_next
-        return str(exc)
-    await client.__aexit__(None, None, None)
-    raise AssertionError("the TLS handshake succeeded")
-
-
-def seen(messages: list[aiomqtt.Message]) -> list[tuple[str, bytes]]:
-    return [(m.topic.value, bytes(m.payload)) for m in messages]  # type: ignore[arg-type]
-
 
 # --- who may connect ----------------------------------------------------------------
 
@@ -221,7 +82,7 @@ async def test_tls_needs_the_fleet_ca(secure: Secure, tmp_path: Path, capsys: An
             ca=secure.ca,
         )
         async with aiomqtt.Client(**cfg.client_kwargs(), timeout=10) as c:
-            await c.publish("fl/tls/updates/dev-a", b"over tls", qos=1)
+            await c.publish(f"fl/{secure.fleet}/updates/dev-a", b"over tls", qos=1)
 
 
 # --- what each user may do ----------------------------------------------------------
@@ -328,7 +189,7 @@ async def test_the_observer_reads_but_cannot_write(secure: Secure, fleet: str) -
         ):
             await agg.subscribe(f"fl/{fleet}/updates/+", qos=1)
             await obs.subscribe(f"fl/{fleet}/#", qos=1)
-            # As a device named "observer" (the patterns' %u) and as the aggregator.
+            # As a device named "observer" and as the aggregator.
             await obs.publish(f"fl/{fleet}/updates/observer", b"forged", qos=1)
             await obs.publish(f"fl/{fleet}/model/global", b"forged", qos=1)
             await dev.publish(f"fl/{fleet}/updates/dev-a", MARKER, qos=1)
@@ -352,9 +213,11 @@ def test_production_conf_has_only_a_tls_listener_and_no_anonymous_access() -> No
     keys = [words[0] for words in conf]
     assert [w for w in conf if w[0] == "listener"] == [["listener", "8883"]]
     after_listener = keys[keys.index("listener") :]
-    for key in ("cafile", "certfile", "keyfile", "tls_version"):
+    # use_username_as_clientid is read per listener: before it, it would set nothing.
+    for key in ("cafile", "certfile", "keyfile", "tls_version", "use_username_as_clientid"):
         assert key in after_listener, f"{key} must follow the listener it secures"
     settings = {words[0]: words[1:] for words in conf}
+    assert settings["use_username_as_clientid"] == ["true"]
     assert settings["tls_version"] == ["tlsv1.2"]
     assert settings["allow_anonymous"] == ["false"]
     assert settings["per_listener_settings"] == ["false"]
@@ -420,27 +283,62 @@ def test_add_device_prints_the_password_once_and_stores_only_a_hash(
     [line] = text.splitlines()
     user, _, hashed = line.partition(":")
     assert user == "pi-001" and hashed.startswith("$7$")  # PBKDF2-SHA512, salted
-    assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
-    # A second device goes into the same file, and gets a different password.
-    again = fedmq(capsys, "broker", "add-device", "pi-002", "--password-file", passwd)
+    # Owner only, or (as root) readable by the group Mosquitto runs as: test_file_access.py.
+    mode = 0o600 if provision.reader_group(None) is None else 0o640
+    assert stat.S_IMODE(passwd.stat().st_mode) == mode
+    # Its rights, in the default fleet, in the ACL next to the password file.
+    rules = (tmp_path / "acl").read_text()
+    assert rules.startswith(ACL_FILE.read_text()) and password not in rules
+    assert acl.grants(rules) == {"pi-001": ("device", "default")}
+    assert stat.S_IMODE((tmp_path / "acl").stat().st_mode) == mode
+    # A second device goes into the same files, and gets a different password.
+    again = fedmq(
+        capsys, "broker", "add-device", "pi-002", "--password-file", passwd, "--fleet", "farm"
+    )
     assert again.code == 0 and again.out.strip() != password
     assert provision.usernames(passwd) == {"pi-001", "pi-002"}
+    assert acl.grants((tmp_path / "acl").read_text()) == {
+        "pi-001": ("device", "default"),
+        "pi-002": ("device", "farm"),
+    }
 
 
 def test_add_device_refuses_a_known_id_unless_forced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    passwd = tmp_path / "passwd"
-    first = fedmq(capsys, "broker", "add-device", "pi-001", "--password-file", passwd).out
-    before = passwd.read_text()
-    ran = fedmq(capsys, "broker", "add-device", "pi-001", "--password-file", passwd)
+    passwd, rules = tmp_path / "passwd", tmp_path / "acl"
+    add = ["broker", "add-device", "pi-001", "--password-file", passwd]
+    first = fedmq(capsys, *add).out
+    before = passwd.read_text(), rules.read_text()
+    ran = fedmq(capsys, *add, "--fleet", "farm")
     assert_one_line_error(ran)
     assert "--force" in ran.err
-    assert passwd.read_text() == before
-    rotated = fedmq(capsys, "broker", "add-device", "pi-001", "--password-file", passwd, "--force")
+    assert (passwd.read_text(), rules.read_text()) == before
+    # Rotated, and moved to another fleet: its old block goes, it is in one fleet only.
+    rotated = fedmq(capsys, *add, "--force", "--fleet", "farm")
     assert rotated.code == 0 and rotated.out.strip() not in ("", first.strip())
     [line] = passwd.read_text().splitlines()
-    assert line.startswith("pi-001:") and line != before.strip()
+    assert line.startswith("pi-001:") and line != before[0].strip()
+    assert acl.grants(rules.read_text()) == {"pi-001": ("device", "farm")}
+    assert "fl/default/" not in rules.read_text()
+
+
+def test_add_device_keeps_other_acl_lines_and_refuses_patterns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwd, rules = tmp_path / "passwd", tmp_path / "acl"
+    by_hand = "# ours\nuser ops\ntopic read fl/farm/#\n"
+    rules.write_text(by_hand)
+    assert fedmq(capsys, "broker", "add-device", "pi-1", "--password-file", passwd).code == 0
+    text = rules.read_text()
+    assert text.startswith(by_hand) and acl.grants(text) == {"pi-1": ("device", "default")}
+    # A pattern grants every user the same topics in every fleet: refused, nothing changed.
+    rules.write_text(ACL_FILE.read_text() + "pattern write fl/+/updates/%u\n")
+    before = passwd.read_text(), rules.read_text()
+    ran = fedmq(capsys, "broker", "add-device", "pi-2", "--password-file", passwd)
+    assert_one_line_error(ran)
+    assert "pattern" in ran.err
+    assert (passwd.read_text(), rules.read_text()) == before
 
 
 @pytest.mark.parametrize(
@@ -452,10 +350,13 @@ def test_add_device_refuses_a_known_id_unless_forced(
         ["$SYS"],
         [""],
         ["has:colon"],
-        ["aggregator"],  # a role's username is not a device id
-        ["observer"],
-        ["agg-1", "--role", "aggregator"],  # the ACL knows the aggregator by its name
         ["pi-1", "--role", "admin"],
+        ["pi-1", "--fleet", ""],
+        ["pi-1", "--fleet", "a/b"],  # a fleet is one topic level
+        ["pi-1", "--fleet", "+"],
+        ["pi-1", "--fleet", "#"],
+        ["pi-1", "--fleet", "two words"],  # would split the ACL line
+        ["pi-1", "--group", "no-such-group-here"],
     ],
 )
 def test_add_device_bad_input_is_one_line(
@@ -463,7 +364,7 @@ def test_add_device_bad_input_is_one_line(
 ) -> None:
     passwd = tmp_path / "passwd"
     assert_one_line_error(fedmq(capsys, "broker", "add-device", *args, "--password-file", passwd))
-    assert not passwd.exists()
+    assert list(tmp_path.iterdir()) == []  # neither passwd nor acl
 
 
 def test_add_device_error_from_the_console_script(tmp_path: Path) -> None:
