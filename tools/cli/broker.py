@@ -65,7 +65,9 @@ def broker_command(
 @broker_app.command("add-device")
 def add_device_command(
     device_id: str = typer.Argument(
-        ..., metavar="ID", help="The device id, which is also its broker username."
+        ...,
+        metavar="ID",
+        help="The broker username: a device's id, or an aggregator's or observer's name.",
     ),
     fleet: str = typer.Option(
         "default", help="The one fleet (fl/FLEET/...) this user may use; no other."

@@ -122,12 +122,12 @@ def make_certs(capsys: pytest.CaptureFixture[str], certs: Path) -> None:
 
 
 def add_device(
-    capsys: pytest.CaptureFixture[str], passwd: Path, user: str, role: str, fleet: str
+    capsys: pytest.CaptureFixture[str], passwd: Path, user: str, role: str, fleet: str, *extra: str
 ) -> str:
-    """``fedmq broker add-device``; the password it printed."""
+    """``fedmq broker add-device`` (``extra``: more flags); the password it printed."""
     added = fedmq(
         capsys, "broker", "add-device", user, "--password-file", passwd,
-        "--role", role, "--fleet", fleet,
+        "--role", role, "--fleet", fleet, *extra,
     )  # fmt: skip
     assert added.code == 0, added
     return added.out.strip()
