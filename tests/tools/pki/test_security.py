@@ -2,30 +2,22 @@
 
 The ``secure`` fixture (conftest.py) runs ``broker_config/production.conf`` with this
 test's certificates, passwords and ACL; provisioned.py says how "never arrives" is shown.
-Client-id takeovers are in test_takeover.py, fleets in test_fleets.py, the ownership of
-the files for a broker started as root in test_file_access.py.
+Client-id takeovers are in test_takeover.py, fleets in test_fleets.py, the services
+themselves in test_production_services.py, the files for a broker started as root in
+test_file_access.py; add-device in test_provision.py, the certificates in test_certs.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
-import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from provisioned import (
-    FEDMQ,
     MARKER,
     Secure,
-    assert_one_line_error,
     bounded,
     fedmq,
     seen,
@@ -35,7 +27,6 @@ from provisioned import (
 
 from fedmq.config import BrokerConfig
 from tools.broker import DEV_CONF, LOOPBACK
-from tools.pki import acl, provision
 from tools.pki.provision import ACL_FILE, PRODUCTION_CONF, render_production_config
 
 # --- who may connect ----------------------------------------------------------------
@@ -263,247 +254,3 @@ def test_render_production_config_writes_paths_and_rejects_bad_ones(tmp_path: Pa
     without_acl = "\n".join(ln for ln in template.splitlines() if not ln.startswith("acl_file"))
     with pytest.raises(ConfigError, match=r"acl_file \(0x\)"):
         render_production_config(without_acl, **paths)
-
-
-# --- fedmq broker add-device --------------------------------------------------------
-
-
-def test_add_device_prints_the_password_once_and_stores_only_a_hash(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    passwd = tmp_path / "passwd"
-    ran = fedmq(capsys, "broker", "add-device", "pi-001", "--password-file", passwd)
-    assert ran.code == 0, ran
-    password = ran.out.strip()
-    assert ran.out == password + "\n"  # stdout is the password alone: PW=$(fedmq ...)
-    assert len(password) >= 32
-    assert "shown once" in ran.err and password not in ran.err
-    text = passwd.read_text()
-    assert password not in text
-    [line] = text.splitlines()
-    user, _, hashed = line.partition(":")
-    assert user == "pi-001" and hashed.startswith("$7$")  # PBKDF2-SHA512, salted
-    # Owner only, or (as root) readable by the group Mosquitto runs as: test_file_access.py.
-    mode = 0o600 if provision.reader_group(None) is None else 0o640
-    assert stat.S_IMODE(passwd.stat().st_mode) == mode
-    # Its rights, in the default fleet, in the ACL next to the password file.
-    rules = (tmp_path / "acl").read_text()
-    assert rules.startswith(ACL_FILE.read_text()) and password not in rules
-    assert acl.grants(rules) == {"pi-001": ("device", "default")}
-    assert stat.S_IMODE((tmp_path / "acl").stat().st_mode) == mode
-    # A second device goes into the same files, and gets a different password.
-    again = fedmq(
-        capsys, "broker", "add-device", "pi-002", "--password-file", passwd, "--fleet", "farm"
-    )
-    assert again.code == 0 and again.out.strip() != password
-    assert provision.usernames(passwd) == {"pi-001", "pi-002"}
-    assert acl.grants((tmp_path / "acl").read_text()) == {
-        "pi-001": ("device", "default"),
-        "pi-002": ("device", "farm"),
-    }
-
-
-def test_add_device_refuses_a_known_id_unless_forced(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    passwd, rules = tmp_path / "passwd", tmp_path / "acl"
-    add = ["broker", "add-device", "pi-001", "--password-file", passwd]
-    first = fedmq(capsys, *add).out
-    before = passwd.read_text(), rules.read_text()
-    ran = fedmq(capsys, *add, "--fleet", "farm")
-    assert_one_line_error(ran)
-    assert "--force" in ran.err
-    assert (passwd.read_text(), rules.read_text()) == before
-    # Rotated, and moved to another fleet: its old block goes, it is in one fleet only.
-    rotated = fedmq(capsys, *add, "--force", "--fleet", "farm")
-    assert rotated.code == 0 and rotated.out.strip() not in ("", first.strip())
-    [line] = passwd.read_text().splitlines()
-    assert line.startswith("pi-001:") and line != before[0].strip()
-    assert acl.grants(rules.read_text()) == {"pi-001": ("device", "farm")}
-    assert "fl/default/" not in rules.read_text()
-
-
-def test_add_device_keeps_other_acl_lines_and_refuses_patterns(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    passwd, rules = tmp_path / "passwd", tmp_path / "acl"
-    by_hand = "# ours\nuser ops\ntopic read fl/farm/#\n"
-    rules.write_text(by_hand)
-    assert fedmq(capsys, "broker", "add-device", "pi-1", "--password-file", passwd).code == 0
-    text = rules.read_text()
-    assert text.startswith(by_hand) and acl.grants(text) == {"pi-1": ("device", "default")}
-    # A pattern grants every user the same topics in every fleet: refused, nothing changed.
-    rules.write_text(ACL_FILE.read_text() + "pattern write fl/+/updates/%u\n")
-    before = passwd.read_text(), rules.read_text()
-    ran = fedmq(capsys, "broker", "add-device", "pi-2", "--password-file", passwd)
-    assert_one_line_error(ran)
-    assert "pattern" in ran.err
-    assert (passwd.read_text(), rules.read_text()) == before
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["bad/id"],
-        ["wild+card"],
-        ["#"],
-        ["$SYS"],
-        [""],
-        ["has:colon"],
-        ["pi-1", "--role", "admin"],
-        ["pi-1", "--fleet", ""],
-        ["pi-1", "--fleet", "a/b"],  # a fleet is one topic level
-        ["pi-1", "--fleet", "+"],
-        ["pi-1", "--fleet", "#"],
-        ["pi-1", "--fleet", "two words"],  # would split the ACL line
-        ["pi-1", "--group", "no-such-group-here"],
-    ],
-)
-def test_add_device_bad_input_is_one_line(
-    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    passwd = tmp_path / "passwd"
-    assert_one_line_error(fedmq(capsys, "broker", "add-device", *args, "--password-file", passwd))
-    assert list(tmp_path.iterdir()) == []  # neither passwd nor acl
-
-
-def test_add_device_error_from_the_console_script(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [*FEDMQ, "broker", "add-device", "bad/id"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 4  # TopicError
-    assert done.stdout == ""
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
-    assert not (tmp_path / "passwd").exists()
-
-
-def test_add_device_without_mosquitto_passwd(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(provision, "find_mosquitto_passwd", lambda: None)
-    passwd = tmp_path / "passwd"
-    ran = fedmq(capsys, "broker", "add-device", "pi-001", "--password-file", passwd)
-    assert_one_line_error(ran)
-    assert ran.code == 8 and "mosquitto_passwd" in ran.err  # BrokerError
-    assert not passwd.exists()
-
-
-def test_add_device_into_a_missing_directory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    passwd = tmp_path / "no" / "such" / "passwd"
-    assert_one_line_error(fedmq(capsys, "broker", "add-device", "pi-1", "--password-file", passwd))
-
-
-# --- fedmq certs --------------------------------------------------------------------
-
-
-def _cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def _mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def test_certs_init_makes_a_ten_year_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    certs = tmp_path / "certs"
-    assert fedmq(capsys, "certs", "init", "--dir", certs).code == 0
-    ca = _cert(certs / "ca.crt")
-    assert _mode(certs / "ca.key") == 0o600
-    assert ca.subject == ca.issuer
-    ca.verify_directly_issued_by(ca)
-    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    years = (ca.not_valid_after_utc - ca.not_valid_before_utc) / dt.timedelta(days=365)
-    assert 9.9 < years < 10.1
-    key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
-    assert key.public_key() == ca.public_key()
-
-
-def test_certs_issue_a_server_certificate(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    certs = tmp_path / "certs"
-    fedmq(capsys, "certs", "init", "--dir", certs)
-    ran = fedmq(
-        capsys, "certs", "issue", "broker", "--server", "--dir", certs,
-        "--host", "127.0.0.1", "--host", "mqtt.example.org", "--host", "::1",
-    )  # fmt: skip
-    assert ran.code == 0, ran
-    ca, cert = _cert(certs / "ca.crt"), _cert(certs / "broker.crt")
-    cert.verify_directly_issued_by(ca)  # raises if the CA did not sign it
-    assert _mode(certs / "broker.key") == 0o600
-    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.IPAddress) == [
-        ipaddress.ip_address("127.0.0.1"),
-        ipaddress.ip_address("::1"),
-    ]
-    assert san.get_values_for_type(x509.DNSName) == ["mqtt.example.org"]
-    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
-    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    key = serialization.load_pem_private_key((certs / "broker.key").read_bytes(), None)
-    assert key.public_key() == cert.public_key()
-
-
-def test_certs_issue_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    certs = tmp_path / "certs"
-    fedmq(capsys, "certs", "init", "--dir", certs)
-    # A server certificate names this machine unless told otherwise.
-    assert fedmq(capsys, "certs", "issue", "local", "--server", "--dir", certs).code == 0
-    san = _cert(certs / "local.crt").extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    assert san.value.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
-    assert san.value.get_values_for_type(x509.DNSName) == ["localhost"]
-    # Without --server: a client certificate named after the device.
-    assert fedmq(capsys, "certs", "issue", "pi-001", "--dir", certs).code == 0
-    client = _cert(certs / "pi-001.crt")
-    client.verify_directly_issued_by(_cert(certs / "ca.crt"))
-    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "pi-001"
-    eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    assert _mode(certs / "pi-001.key") == 0o600
-
-
-def test_certs_refuse_to_overwrite_without_force(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    certs = tmp_path / "certs"
-    fedmq(capsys, "certs", "init", "--dir", certs)
-    fedmq(capsys, "certs", "issue", "pi-001", "--dir", certs)
-    before = {p.name: p.read_bytes() for p in certs.iterdir()}
-    assert_one_line_error(fedmq(capsys, "certs", "init", "--dir", certs))
-    assert_one_line_error(fedmq(capsys, "certs", "issue", "pi-001", "--dir", certs))
-    assert {p.name: p.read_bytes() for p in certs.iterdir()} == before
-    assert fedmq(capsys, "certs", "init", "--dir", certs, "--force").code == 0
-    assert (certs / "ca.key").read_bytes() != before["ca.key"]
-    assert _mode(certs / "ca.key") == 0o600
-
-
-@pytest.mark.parametrize(
-    ("with_ca", "args"),
-    [
-        (False, ["issue", "broker", "--server"]),  # before `certs init`
-        (True, ["issue", "../escape"]),
-        (True, ["issue", "ca"]),  # the CA's own files
-        (True, ["issue", "pi-1", "--host", "10.0.0.1"]),  # hosts are for servers
-        (True, ["issue", "broker", "--server", "--host", "not a host"]),
-        (True, ["issue", "broker", "--days", "0"]),
-        (False, ["init", "--days", "0"]),
-    ],
-)
-def test_certs_bad_input_is_one_line(
-    with_ca: bool, args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    certs = tmp_path / "certs"
-    if with_ca:
-        assert fedmq(capsys, "certs", "init", "--dir", certs).code == 0
-    before = sorted(certs.glob("*")) if certs.exists() else []
-    ran = fedmq(capsys, "certs", *args, "--dir", certs)
-    assert_one_line_error(ran)
-    if args[0] == "issue" and not with_ca:
-        assert "fedmq certs init" in ran.err
-    assert (sorted(certs.glob("*")) if certs.exists() else []) == before
