@@ -176,12 +176,17 @@ def describe_access(path: str | Path) -> str:
 
 
 def _read_acl(path: Path) -> str:
+    """The ACL at ``path``, or a new one: broker_config/acl's comments, granting nothing."""
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return ACL_FILE.read_text(encoding="utf-8")
+        pass
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("bad_acl", f"cannot read ACL file {path}: {exc}") from exc
+    try:
+        return ACL_FILE.read_text(encoding="utf-8")
+    except OSError:  # an install without broker_config/: the header is only comments
+        return ""
 
 
 def _write_private(path: Path, text: str, gid: int | None) -> None:
