@@ -28,6 +28,7 @@ from aggregator.validation import Validator, to_contribution
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.data import Dataset
 from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.identity import client_id
 from fedmq.model import Arch, accuracy, loss
 from fedmq.topics import Topics
 from fedmq.training import Hyper
@@ -146,7 +147,8 @@ class Aggregator:
         persistent = self.ledger is not None
         client = aiomqtt.Client(
             **self.cfg.broker.client_kwargs(),
-            identifier=self.cfg.client_id or f"fedmq-aggregator-{self.cfg.fleet}",
+            identifier=self.cfg.client_id
+            or client_id(self.cfg.broker.username, f"fedmq-aggregator-{self.cfg.fleet}"),
             will=will,
             keepalive=self.cfg.keepalive,
             clean_session=not persistent,

@@ -26,6 +26,7 @@ from fedmq._version import __version__
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.data import Dataset
 from fedmq.errors import FedmqError, WireError
+from fedmq.identity import client_id
 from fedmq.model import Weights
 from fedmq.topics import Topics
 from fedmq.training import TrainStats, train_local
@@ -127,7 +128,7 @@ class Agent:
         )
         async with aiomqtt.Client(
             **self.cfg.broker.client_kwargs(),
-            identifier=f"fedmq-agent-{self.cfg.device}",
+            identifier=client_id(self.cfg.broker.username, f"fedmq-agent-{self.cfg.device}"),
             will=will,
             keepalive=self.cfg.keepalive,
             timeout=self.cfg.timeout,

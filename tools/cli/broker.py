@@ -65,35 +65,60 @@ def broker_command(
 @broker_app.command("add-device")
 def add_device_command(
     device_id: str = typer.Argument(
-        ..., metavar="ID", help="The device id, which is also its broker username."
+        ...,
+        metavar="ID",
+        help="The broker username: a device's id, or an aggregator's or observer's name.",
+    ),
+    fleet: str = typer.Option(
+        "default", help="The one fleet (fl/FLEET/...) this user may use; no other."
     ),
     password_file: Path = typer.Option(
         Path("passwd"),
         "--password-file",
         help="Mosquitto password file (production.conf `password_file`); created if missing.",
     ),
+    acl_file: Path = typer.Option(
+        None,
+        "--acl-file",
+        help="Mosquitto ACL (production.conf `acl_file`); default: `acl` next to the "
+        "password file; created from broker_config/acl if missing.",
+    ),
     role: str = typer.Option(
         "device",
-        help="device | aggregator | observer (the two roles have fixed usernames: "
-        "`aggregator`, `observer`); broker_config/acl says what each may do.",
+        help="device | aggregator | observer; broker_config/acl says what each may do.",
+    ),
+    group: str = typer.Option(
+        None,
+        help="Group that may read both files (mode 0640), e.g. the one Mosquitto runs as; "
+        "default: `mosquitto` when run as root, else none (mode 0600).",
     ),
     force: bool = typer.Option(
         False, "--force", help="Give an ID already in the file a new password (rotate it)."
     ),
 ) -> None:
-    """Give a device (or the aggregator, or an observer) a new random password.
+    """Give a device (or an aggregator, or an observer) of one fleet a new random password.
 
     The password is printed once, alone on stdout (`PW=$(fedmq broker add-device pi-001)`
-    works); the file gets only a salted hash, written by mosquitto_passwd. Mosquitto
-    reads the file at start-up and on SIGHUP.
+    works); the password file gets only a salted hash, written by mosquitto_passwd, and
+    the ACL the user's rights in its fleet. Mosquitto reads both at start-up and on SIGHUP.
     """
-    from tools.pki.provision import add_user
+    from tools.pki.provision import add_user, describe_access
 
-    password = add_user(password_file, device_id, role=role, force=force)
+    acl_file = acl_file if acl_file is not None else password_file.with_name("acl")
+    password = add_user(
+        password_file,
+        device_id,
+        fleet=fleet,
+        acl_file=acl_file,
+        role=role,
+        group=group,
+        force=force,
+    )
     what = "new password of" if force else "password for"
     typer.echo(
-        f"fedmq broker: {what} {role} {device_id!r} in {password_file} (shown once, stored "
-        "nowhere else; the file holds only a hash):",
+        f"fedmq broker: {what} {role} {device_id!r} of fleet {fleet!r} in {password_file} "
+        f"({describe_access(password_file)}; rights in {acl_file}), shown once and stored "
+        "nowhere else (the file holds only a hash):",
         err=True,
     )
     typer.echo(password)

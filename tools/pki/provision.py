@@ -1,8 +1,9 @@
 """Broker provisioning: per-device passwords, and the production config with real paths.
 
-- :func:`add_user` gives a device (or the aggregator, or an observer) a fresh random
-  password in a Mosquitto password file, through ``mosquitto_passwd``, which stores only
-  a salted hash. The password is returned to the caller, who shows it once.
+- :func:`add_user` gives a device (or an aggregator, or an observer) of one fleet a fresh
+  random password in a Mosquitto password file, through ``mosquitto_passwd``, which
+  stores only a salted hash, and its block in the fleet ACL (:mod:`tools.pki.acl`). The
+  password is returned to the caller, who shows it once.
 - :func:`render_production_config` writes the paths of one installation (or one test
   run) into the packaged ``production.conf``, as :func:`tools.broker.render_config` does
   for ``dev.conf``.
@@ -14,23 +15,26 @@ import contextlib
 import os
 import secrets
 import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import broker_config
 from fedmq.errors import BrokerError, ConfigError
-from fedmq.topics import validate_device_id
+from fedmq.topics import validate_device_id, validate_fleet
 from tools.broker.mosquitto import SBIN_DIRS, find_binary, substitute_lines
+from tools.pki import acl
 
 # Package data, read with importlib.resources: they ship inside the wheel.
 PRODUCTION_CONF = broker_config.resource(broker_config.PRODUCTION)
 ACL_FILE = broker_config.resource(broker_config.ACL)
 
-# The ACL (broker_config/acl) grants these roles by username; a device gets the patterns.
-ROLES = ("device", "aggregator", "observer")
-ROLE_USERNAMES = {"aggregator": "aggregator", "observer": "observer"}
 PASSWORD_BYTES = 24  # secrets.token_urlsafe(24): 32 characters, 192 random bits
 _PASSWD_TIMEOUT_S = 30.0
+# Mosquitto started as root reads its password file and ACL only after switching to the
+# user of its `user` option, `mosquitto` by default; as root, the files go to that group.
+MOSQUITTO_GROUP = "mosquitto"
 
 
 def find_mosquitto_passwd() -> str | None:
@@ -55,24 +59,11 @@ def usernames(password_file: str | Path) -> set[str]:
 
 def check_username(username: str, role: str) -> str:
     """``username`` if it may be used for ``role``; a one-line error otherwise."""
-    if role not in ROLES:
-        raise ConfigError("bad_role", f"role {role!r} is not one of {'|'.join(ROLES)}")
+    acl.check_role(role)
     validate_device_id(username)
     if ":" in username:
         # The password file is username:hash, one a line.
         raise ConfigError("bad_username", f"username {username!r} must not contain ':'")
-    expected = ROLE_USERNAMES.get(role)
-    if expected is not None and username != expected:
-        raise ConfigError(
-            "bad_username",
-            f"the ACL grants the {role} role to the username {expected!r}, not {username!r}",
-        )
-    if expected is None and username in ROLE_USERNAMES.values():
-        raise ConfigError(
-            "reserved_username",
-            f"{username!r} is the {username} role's username; pick another device id "
-            f"(or pass --role {username})",
-        )
     return username
 
 
@@ -80,18 +71,26 @@ def add_user(
     password_file: str | Path,
     username: str,
     *,
+    fleet: str,
+    acl_file: str | Path,
     role: str = "device",
+    group: str | None = None,
     force: bool = False,
     binary: str | Path | None = None,
 ) -> str:
-    """Give ``username`` a new random password in ``password_file`` and return it.
+    """Give ``username`` a new random password and the rights of ``role`` in ``fleet``.
 
-    The file is created (mode 0600) when absent. An existing user is refused unless
-    ``force`` (rotate its password). The password goes to ``mosquitto_passwd`` on its
-    standard input, never on a command line that other local users could read in ``ps``,
-    and nothing else stores it: the caller must show it to the user once.
+    The password goes into ``password_file`` (created when absent) as a salted hash, and
+    the user's block into ``acl_file`` (created from ``broker_config/acl`` when absent,
+    the user's old block replaced). An existing user is refused unless ``force`` (rotate
+    its password, and move it to ``role`` and ``fleet``). Both files are left mode 0600,
+    or 0640 with group ``group`` (default: ``mosquitto`` when run as root; see
+    :func:`reader_group`). The password goes to ``mosquitto_passwd`` on its standard
+    input, never on a command line that other local users could read in ``ps``, and
+    nothing else stores it: the caller must show it to the user once.
     """
     check_username(username, role)
+    validate_fleet(fleet)
     found = shutil.which(str(binary)) if binary is not None else find_mosquitto_passwd()
     if found is None:
         where = f"at {binary}" if binary is not None else "on PATH or in " + ", ".join(SBIN_DIRS)
@@ -99,6 +98,9 @@ def add_user(
             "no_mosquitto_passwd",
             f"no mosquitto_passwd binary {where}; install Mosquitto (apt-get install mosquitto)",
         )
+    gid = reader_group(group)
+    acl_path = Path(acl_file)
+    new_acl = acl.with_user(_read_acl(acl_path), username, role, fleet)
     path = Path(password_file)
     created = _create_private(path)
     try:
@@ -107,14 +109,103 @@ def add_user(
                 "user_exists",
                 f"{username!r} is already in {path}; pass --force to give it a new password",
             )
+        set_access(path, gid)  # before any change: a group we may not give fails here
         password = secrets.token_urlsafe(PASSWORD_BYTES)
         _run_mosquitto_passwd(found, path, username, password)
+        set_access(path, gid)  # mosquitto_passwd may have written a new file
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
+    # Last: should this fail, the user has a password but no rights (denied by default).
+    _write_private(acl_path, new_acl, gid)
     return password
+
+
+def reader_group(group: str | None) -> int | None:
+    """The group id that may read the password file and ACL, or None for owner only.
+
+    ``group`` None means: ``mosquitto`` when running as root and that group exists.
+    Mosquitto started as root switches to its ``user`` (``mosquitto``) before it reads
+    the two files, so root-owned 0600 files would stop it; mode 0640 with that group lets
+    it read them and still not change them.
+    """
+    try:
+        import grp
+    except ImportError:  # Windows: no groups to give
+        if group:
+            raise ConfigError("bad_group", "--group needs a POSIX system") from None
+        return None
+    if group is None:
+        if os.geteuid() != 0:
+            return None
+        with contextlib.suppress(KeyError):
+            return grp.getgrnam(MOSQUITTO_GROUP).gr_gid
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError("bad_group", f"no group {group!r} on this system") from None
+
+
+def set_access(path: Path, gid: int | None) -> None:
+    """Mode 0600, or 0640 with group ``gid``: readable by the broker, by no one else."""
+    try:
+        if gid is not None:
+            os.chown(path, -1, gid)
+        os.chmod(path, 0o600 if gid is None else 0o640)
+    except OSError as exc:
+        raise ConfigError(
+            "bad_group", f"cannot set the group or mode of {path}: {exc.strerror}"
+        ) from exc
+
+
+def describe_access(path: str | Path) -> str:
+    """``"mode 0640, group mosquitto"``: who can read ``path``, for the user to check."""
+    st = Path(path).stat()
+    try:
+        import grp
+
+        group = grp.getgrgid(st.st_gid).gr_name
+    except (ImportError, KeyError):
+        group = str(st.st_gid)
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, group {group}"
+
+
+def _read_acl(path: Path) -> str:
+    """The ACL at ``path``, or a new one: broker_config/acl's comments, granting nothing."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("bad_acl", f"cannot read ACL file {path}: {exc}") from exc
+    try:
+        return ACL_FILE.read_text(encoding="utf-8")
+    except OSError:  # an install without broker_config/: the header is only comments
+        return ""
+
+
+def _write_private(path: Path, text: str, gid: int | None) -> None:
+    """Replace ``path`` by ``text`` at once: Mosquitto never reads half a file."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError("bad_acl", f"cannot write ACL file {path}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        set_access(Path(tmp), gid)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ConfigError("bad_acl", f"cannot write ACL file {path}: {exc}") from exc
+        raise
 
 
 def _create_private(path: Path) -> bool:
