@@ -37,12 +37,9 @@ def build(
     """The daemon as configured by flag > environment > file > default."""
     s = SCHEMA.resolve(config, flags=flags, env=env)
     s.require()
-    cfg = AggregatorConfig(
-        broker=BrokerSettings(**s.values(BrokerSettings)).connect(), **s.values(AggregatorConfig)
-    )
-    assert cfg.model is not None  # required: s.require() checked it
-    arch = parse_arch(cfg.model)
-    sc = StrategyConfig(**s.values(StrategyConfig))
+    cfg = s.build(AggregatorConfig, broker=s.build(BrokerSettings).connect())
+    arch = parse_arch(s["model"].value)  # a required setting: s.require() checked it
+    sc = s.build(StrategyConfig)
     strategy = make_strategy(
         sc.strategy,
         init_weights(arch, cfg.seed),
@@ -51,7 +48,7 @@ def build(
         **strategy_params(sc.strategy, sc.defence, s.given(StrategyConfig)),
     )
     try:
-        hyper = Hyper(**s.values(Hyper))
+        hyper = s.build(Hyper)
     except ModelError as exc:
         raise ConfigError("bad_setting", exc.message) from exc
     evalset = None

@@ -77,5 +77,4 @@ def load_agent_config(
     """Build the agent's config: flag > environment > ``[agent]`` table > default."""
     s = resolve_agent_settings(path, flags=flags, env=env)
     s.require()
-    broker = BrokerSettings(**s.values(BrokerSettings)).connect()
-    return AgentConfig(broker=broker, **s.values(AgentConfig))
+    return s.build(AgentConfig, broker=s.build(BrokerSettings).connect())

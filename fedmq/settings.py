@@ -18,7 +18,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fedmq.errors import ConfigError
 
@@ -34,6 +34,7 @@ TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: 
 TYPES[Path] = "path"
 MASK = "***"
 _META = "fedmq"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,13 @@ class Resolved(Mapping[str, Value]):
         names = {s.name for s in settings_of(cls)}
         return {n: v.value for n, v in self._values.items() if n in names and v.source != "default"}
 
-    def values(self, cls: type) -> dict[str, Any]:  # type: ignore[override]
+    def values_of(self, cls: type) -> dict[str, Any]:
         """Every setting of section ``cls``, as keyword arguments for ``cls``."""
         return {s.name: self._values[s.name].value for s in settings_of(cls)}
+
+    def build(self, cls: type[T], **extra: Any) -> T:
+        """Section ``cls`` made from these settings (plus fields that are not settings)."""
+        return cls(**self.values_of(cls), **extra)
 
     def require(self) -> None:
         """A required setting nobody set is one clear error naming its three spellings."""
@@ -337,11 +342,12 @@ class Schema:
         if "file" not in s.sources:
             raise ConfigError(
                 "secret_in_file",
-                f"{where}{key} cannot be set in a config file; use {' or '.join(_spellings(s))}",
+                f"{where}{key} cannot be set in a config file; use {' or '.join(spellings(s))}",
             )
 
 
-def _spellings(s: Setting) -> list[str]:
+def spellings(s: Setting) -> list[str]:
+    """How a user can give this setting: ``--name``, ``$FEDMQ_NAME``, ``name = ...``."""
     names = {"flag": s.flag, "env": f"${s.env}", "file": f"{s.name} = ..."}
     return [names[src] for src in s.sources]
 
@@ -378,47 +384,3 @@ def check_choices(obj: Any) -> None:
     """Refuse a value outside a setting's declared choices (for code that builds configs)."""
     for s in settings_of(type(obj)):
         s._check_choice(getattr(obj, s.name), s.name)
-
-
-def markdown(schemas: Mapping[str, Schema], intro: str) -> str:
-    """A page listing every setting of every schema, from the declarations."""
-    lines = [intro.strip(), ""]
-    for title, schema in schemas.items():
-        lines += [f"## `{title}`: the `[{schema.table}]` table", ""]
-        for cls in schema.sections:
-            lines += [f"### {_title(cls)}", ""]
-            lines += ["| key | type | default | environment | flag | meaning |"]
-            lines += ["|---|---|---|---|---|---|"]
-            lines += [_row(s) for s in settings_of(cls)]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def _title(cls: type) -> str:
-    doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
-    return doc.rstrip(".").replace("``", "`")
-
-
-def _row(s: Setting) -> str:
-    default = "(none)" if s.default is None else f"`{s.default}`"
-    if s.required:
-        default = "(required)"
-    if isinstance(s.default, bool):
-        default = f"`{str(s.default).lower()}`"
-    env = f"`{s.env}`" if "env" in s.sources else "—"
-    flag = f"`{s.flag}`" if "flag" in s.sources else "—"
-    if s.type is bool and "flag" in s.sources:
-        flag = f"`{s.flag}`, `--no-{s.flag[2:]}`"
-    notes = [s.help]
-    if s.choices:
-        notes.append(f"One of {', '.join(f'`{c}`' for c in s.choices)}.")
-    if s.applies:
-        notes.append(f"Applies to {', '.join(f'`{a}`' for a in s.applies)}.")
-    if s.requires:
-        notes.append(f"Needs `{s.requires}`.")
-    if tuple(s.sources) != SOURCES:
-        notes.append(f"Only as {' or '.join(f'`{x}`' for x in _spellings(s))}.")
-    if s.secret:
-        notes.append("Secret: masked in `--print-config`, never logged.")
-    meaning = " ".join(notes).replace("|", "\\|")  # a bare | would end the table cell
-    return f"| `{s.name}` | {s.type_name} | {default} | {env} | {flag} | {meaning} |"

@@ -7,11 +7,12 @@ runs the same comparison).
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from aggregator.config import SCHEMA as AGGREGATOR
 from edge_agent.config import SCHEMA as AGENT
-from fedmq.settings import markdown
+from fedmq.settings import SOURCES, Schema, Setting, settings_of, spellings
 
 COMMAND = "python -m tools.config_docs"
 PATH = Path(__file__).resolve().parent.parent / "docs" / "config.md"
@@ -75,6 +76,50 @@ URL is refused. Over plain `mqtt://` a password is sent only to a loopback host,
 
 def render() -> str:
     return markdown({"fedmq agent": AGENT, "fedmq aggregator": AGGREGATOR}, INTRO)
+
+
+def markdown(schemas: Mapping[str, Schema], intro: str) -> str:
+    """A page listing every setting of every schema, from the declarations."""
+    lines = [intro.strip(), ""]
+    for title, schema in schemas.items():
+        lines += [f"## `{title}`: the `[{schema.table}]` table", ""]
+        for cls in schema.sections:
+            lines += [f"### {_title(cls)}", ""]
+            lines += ["| key | type | default | environment | flag | meaning |"]
+            lines += ["|---|---|---|---|---|---|"]
+            lines += [_row(s) for s in settings_of(cls)]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _title(cls: type) -> str:
+    doc = (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+    return doc.rstrip(".").replace("``", "`")
+
+
+def _row(s: Setting) -> str:
+    default = "(none)" if s.default is None else f"`{s.default}`"
+    if s.required:
+        default = "(required)"
+    if isinstance(s.default, bool):
+        default = f"`{str(s.default).lower()}`"
+    env = f"`{s.env}`" if "env" in s.sources else "—"
+    flag = f"`{s.flag}`" if "flag" in s.sources else "—"
+    if s.type is bool and "flag" in s.sources:
+        flag = f"`{s.flag}`, `--no-{s.flag[2:]}`"
+    notes = [s.help]
+    if s.choices:
+        notes.append(f"One of {', '.join(f'`{c}`' for c in s.choices)}.")
+    if s.applies:
+        notes.append(f"Applies to {', '.join(f'`{a}`' for a in s.applies)}.")
+    if s.requires:
+        notes.append(f"Needs `{s.requires}`.")
+    if tuple(s.sources) != SOURCES:
+        notes.append(f"Only as {' or '.join(f'`{x}`' for x in spellings(s))}.")
+    if s.secret:
+        notes.append("Secret: masked in `--print-config`, never logged.")
+    meaning = " ".join(notes).replace("|", "\\|")  # a bare | would end the table cell
+    return f"| `{s.name}` | {s.type_name} | {default} | {env} | {flag} | {meaning} |"
 
 
 def main(argv: list[str] | None = None) -> int:

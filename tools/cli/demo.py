@@ -18,7 +18,7 @@ from tools.cli.options import with_settings
 from tools.cli.simulate import TaskName, fleet_strategy
 
 if TYPE_CHECKING:
-    from tools.sim.demo import Snapshot
+    from tools.sim.demo import DemoConfig, Snapshot
 
 
 @with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"})
@@ -83,11 +83,18 @@ def demo_command(
     if as_json:
         typer.echo(json.dumps(asyncio.run(run_demo(cfg))))
         return
+    _run_live(cfg)
+
+
+def _run_live(cfg: DemoConfig) -> None:
+    """The demo with a live table, then the summary."""
+    from tools.sim.demo import run_demo
+
     console = Console()
-    metric = "accuracy" if task is TaskName.digits else "test MSE"
+    metric = "accuracy" if cfg.task == TaskName.digits.value else "test MSE"
     console.print(
-        f"[bold]fedmq demo[/]: {devices} devices, {cfg.strategy}, task {task.value}, "
-        f"target {metric} {cfg.goal}, budget {budget:g}s"
+        f"[bold]fedmq demo[/]: {cfg.devices} devices, {cfg.strategy}, task {cfg.task}, "
+        f"target {metric} {cfg.goal}, budget {cfg.budget:g}s"
     )
     with Live(console=console, refresh_per_second=4, transient=True) as live:
 

@@ -97,25 +97,29 @@ def simulate_command(
         attack=attack,
     )
     if as_json:
-        result = simulate(cfg)
-        typer.echo(json.dumps(result.to_dict()))
+        typer.echo(json.dumps(simulate(cfg).to_dict()))
         return
-    console = Console(stderr=True)
-    metric = "accuracy" if task is TaskName.digits else "test MSE"
+    _print_summary(_run_live(cfg).to_dict())
+
+
+def _run_live(cfg: Any) -> Any:
+    """Simulate with a progress bar on stderr (stdout stays the summary)."""
+    from tools.sim.simulate import simulate
+
+    metric = "accuracy" if cfg.task == TaskName.digits.value else "test MSE"
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("t={task.completed:.2f}/{task.total:.0f}s  {task.fields[status]}"),
-        console=console,
+        console=Console(stderr=True),
         transient=True,
     ) as bar:
-        job = bar.add_task(f"{cfg.strategy} on {cfg.task}", total=budget, status="")
+        job = bar.add_task(f"{cfg.strategy} on {cfg.task}", total=cfg.budget, status="")
 
         def progress(t: float, version: int, value: float) -> None:
             bar.update(job, completed=t, status=f"v{version} {metric} {value:.4f}")
 
-        result = simulate(cfg, progress)
-    _print_summary(result.to_dict())
+        return simulate(cfg, progress)
 
 
 def _print_summary(out: dict[str, Any]) -> None:
