@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tools.sim.demo import DemoConfig, Snapshot
 
 
-@with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"})
+@with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"}, env=False)
 def demo_command(
     task: TaskName = typer.Option(TaskName.digits, help="Bundled task to learn."),
     devices: int = typer.Option(

@@ -21,12 +21,12 @@ from fedmq.settings import Setting, settings_of
 PASSWORD = typer.Option(None, "--password", hidden=True)
 
 
-def option(s: Setting, *, default_note: str | None = None) -> Any:
+def option(s: Setting, *, default_note: str | None = None, env: bool = True) -> Any:
     """The typer option of one setting; its help names the default and the variable."""
     note = default_note or _default(s)
-    env = f"; `${s.env}`" if "env" in s.sources else ""
+    env_note = f"; `${s.env}`" if env and "env" in s.sources else ""
     choices = f" One of: {', '.join(map(str, s.choices))}." if s.choices else ""
-    help_text = f"{s.help}{choices} [default: {note}{env}]"
+    help_text = f"{s.help}{choices} [default: {note}{env_note}]"
     if s.type is bool:
         name = s.flag[2:]
         return typer.Option(None, f"--{name}/--no-{name}", help=help_text, show_default=False)
@@ -46,11 +46,13 @@ def with_settings(
     *sections: type,
     exclude: tuple[str, ...] = (),
     default_notes: Mapping[type, str] | None = None,
+    env: bool = True,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the sections' settings as options to a command taking ``settings``.
 
     ``default_notes`` replaces the declared default in the help of a section whose
     defaults the command sets otherwise (the simulator's hyper-parameters: the task's).
+    ``env=False``: the command reads flags only, so its help names no variables.
     """
     notes = default_notes or {}
     settings = [
@@ -71,7 +73,7 @@ def with_settings(
             inspect.Parameter(
                 s.name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=option(s, default_note=note),
+                default=option(s, default_note=note, env=env),
                 annotation=bool if s.type is bool else str,
             )
             for s, note in settings

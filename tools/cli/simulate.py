@@ -42,7 +42,7 @@ def fleet_strategy(settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"})
+@with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"}, env=False)
 def simulate_command(
     task: TaskName = typer.Option(TaskName.digits, help="Bundled task to learn."),
     devices: int = typer.Option(20, min=1, help="Number of simulated devices."),
