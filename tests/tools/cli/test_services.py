@@ -16,11 +16,14 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from edge_agent.config import SCHEMA as AGENT
 from fedmq.config import BrokerConfig
 from fedmq.data import Dataset, save_npz
 from fedmq.topics import Topics
 from fedmq.wire import AggregatorStatus
+from tools.cli import app
 from tools.sim.partition import partition
 from tools.sim.tasks import load_task
 
@@ -190,3 +193,22 @@ def test_every_help_has_an_example(command, tmp_path):
     proc = _fedmq([command, "--help"], tmp_path)
     assert proc.returncode == 0
     assert f"Example: fedmq {command} --" in proc.stdout
+
+
+def test_every_agent_setting_is_a_typer_flag(sample_value):
+    argv = []
+    for s in AGENT.settings:
+        if "flag" not in s.sources:
+            continue
+        value = sample_value(s)
+        if s.type is bool:
+            argv.append(f"--{'' if value else 'no-'}{s.flag[2:]}")
+        else:
+            argv += [s.flag, str(value)]
+    res = CliRunner().invoke(app, ["agent", "--print-config", *argv], env={"FEDMQ_SEED": None})
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {k for k, v in out.items() if v["source"] == "flag"} == {
+        s.name for s in AGENT.settings if "flag" in s.sources
+    }
+    assert out["password"] == {"value": None, "source": "default"}
