@@ -1,28 +1,133 @@
-"""The aggregator's settings."""
+"""The aggregator's settings, declared once: the ``[aggregator]`` table, ``$FEDMQ_*``, flags.
+
+Four sections share the one flat table: the broker (``BrokerSettings``), the daemon
+(``AggregatorConfig``), the strategy (``StrategyConfig``) and the hyper-parameters it
+ships to devices (``fedmq.training.Hyper``). The strategy classes take their defaults
+from ``StrategyConfig``, so a default lives in one place.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fedmq.config import BrokerConfig
+from fedmq.config import BrokerConfig, BrokerSettings, fleet_setting, keepalive_setting
+from fedmq.errors import ConfigError
+from fedmq.settings import Schema, check_choices, setting, settings_of
+from fedmq.training import Hyper
+
+STRATEGY_NAMES = ("fedasync", "fedbuff", "fedavg")
 
 
 @dataclass(frozen=True)
 class AggregatorConfig:
-    broker: BrokerConfig
-    fleet: str = "default"
-    out_dir: Path = Path("fedmq-aggregator")
-    publish_interval: float = 0.2  # seconds between retained model publishes, at most one each
-    status_interval: float = 2.0
-    # A FedAvg round, or a partial FedBuff buffer, closes after this long without a version.
-    round_deadline: float = 30.0
-    max_update_bytes: int = 8 * 1024 * 1024
-    export_onnx: bool = True
-    client_id: str | None = None  # default fedmq-aggregator-{fleet}: one session per fleet
-    keepalive: int = 30
+    """Aggregator daemon."""
+
+    broker: BrokerConfig  # built from BrokerSettings; not a setting itself
+    model: str | None = setting(
+        None, help="Architecture of the global model: mlp:64,32,10:relu or linear:1,1.",
+        required=True,
+    )  # fmt: skip
+    fleet: str = fleet_setting()
+    eval: Path | None = setting(None, help="Held-out .csv/.npz to evaluate each version on.")
+    seed: int = setting(0, help="Seed of the initial weights.")
+    out_dir: Path = setting(
+        Path("fedmq-aggregator"), help="Ledger, ONNX export and history.jsonl go here."
+    )
+    publish_interval: float = setting(
+        0.2, help="Seconds between retained model publishes, at most one each."
+    )
+    status_interval: float = setting(2.0, help="Seconds between status heartbeats.")
+    round_deadline: float = setting(
+        30.0, help="A FedAvg round, or a partial FedBuff buffer, closes after this many seconds."
+    )
+    max_update_bytes: int = setting(8 * 1024 * 1024, help="Largest update payload accepted.")
+    export_onnx: bool = setting(True, help="Export each published version to out_dir/model.onnx.")
+    client_id: str | None = setting(
+        None, help="MQTT client id (none: fedmq-aggregator-FLEET, one session per fleet)."
+    )
+    keepalive: int = keepalive_setting()
     # Crash safety: the SQLite ledger (out_dir/ledger.sqlite) plus a persistent MQTT
     # session whose updates are acknowledged only after their effect is committed.
-    ledger: bool = True
-    checkpoint_every: int = 100
-    durable: bool = False  # fsync every commit (power loss), not just survive kill -9
+    ledger: bool = setting(True, help="Keep the crash-safe ledger in out_dir/ledger.sqlite.")
+    checkpoint_every: int = setting(100, help="Checkpoint the strategy every this many updates.")
+    durable: bool = setting(
+        False, help="fsync every ledger commit (survive power loss, not just kill -9)."
+    )
+
+    def __post_init__(self) -> None:
+        positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
+        for name in (*positive, "checkpoint_every"):
+            if not getattr(self, name) > 0:
+                raise ConfigError("bad_setting", f"{name} must be > 0, got {getattr(self, name)}")
+        if not 5 <= self.keepalive <= 3600:
+            raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Strategy and defences."""
+
+    strategy: str = setting("fedbuff", help="Server strategy.", choices=STRATEGY_NAMES)
+    alpha: float = setting(0.6, help="FedAsync mixing weight α in (0, 1].", applies=("fedasync",))
+    staleness: str = setting(
+        "poly:0.5", help="FedAsync staleness function: constant | poly:A | hinge:A,B.",
+        applies=("fedasync",),
+    )  # fmt: skip
+    max_staleness: int = setting(
+        64, help="Refuse updates older than this many versions.", applies=("fedasync", "fedbuff")
+    )
+    k: int = setting(10, help="FedBuff buffer size K.", applies=("fedbuff",))
+    server_lr: float = setting(1.0, help="Server learning rate η_g.", applies=("fedbuff", "fedavg"))
+    clients_per_round: int = setting(
+        10, help="FedAvg: reports that close a round.", applies=("fedavg",)
+    )
+    defence: bool = setting(
+        True, help="Screen updates (non-finite, norm bound) and trim FedBuff's mean."
+    )
+    norm_factor: float = setting(
+        4.0, help="Refuse updates above this multiple of the recent median norm.",
+        requires="defence",
+    )  # fmt: skip
+    norm_mode: str = setting(
+        "reject", help="What to do above the norm bound.", choices=("reject", "clip", "off"),
+        requires="defence",
+    )  # fmt: skip
+    norm_window: int = setting(
+        50, help="The median is over this many most recent devices.", requires="defence"
+    )
+    norm_warmup: int = setting(
+        5, help="No norm bound until this many devices are known.", requires="defence"
+    )
+    trim: float = setting(
+        0.2, help="Trimmed mean: fraction of each coordinate cut at each end (0: plain mean).",
+        applies=("fedbuff",), requires="defence",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+def strategy_params(strategy: str, defence: bool, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy parameters a user set (``None``: not set), refusing any that do not apply.
+
+    ``make_strategy`` fills in the rest from ``StrategyConfig``'s defaults.
+    """
+    out = {}
+    for s in settings_of(StrategyConfig):
+        value = given.get(s.name)
+        if value is None or s.name in ("strategy", "defence"):
+            continue
+        if s.applies and strategy not in s.applies:
+            raise ConfigError(
+                "bad_param", f"{s.name} applies to {' and '.join(s.applies)}, not {strategy}"
+            )
+        if s.requires == "defence" and not defence:
+            raise ConfigError("bad_param", f"{s.name} only applies with defence on")
+        out[s.name] = value
+    return out
+
+
+SCHEMA = Schema("aggregator", BrokerSettings, AggregatorConfig, StrategyConfig, Hyper)

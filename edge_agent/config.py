@@ -1,4 +1,9 @@
-"""The agent's settings: TOML file < FEDMQ_* environment < flags."""
+"""The agent's settings, declared once: the ``[agent]`` table, ``$FEDMQ_*`` and flags.
+
+Adding a setting is one ``setting(...)`` line on ``AgentConfig`` (plus its range check
+in ``__post_init__``); the TOML key, the variable, both command lines and
+docs/config.md follow from it.
+"""
 
 from __future__ import annotations
 
@@ -6,55 +11,61 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import BROKER_FIELDS, BrokerConfig, layered, load_toml
+from fedmq.config import BrokerConfig, BrokerSettings, fleet_setting, keepalive_setting
 from fedmq.errors import ConfigError
+from fedmq.settings import Resolved, Schema, check_choices, setting
 from fedmq.topics import validate_device_id, validate_fleet
 
-# name -> type; every one may come from the [agent] table, $FEDMQ_<NAME> or --<name>.
-FIELDS: dict[str, type] = {
-    **BROKER_FIELDS,
-    "fleet": str,
-    "device": str,
-    "data": Path,
-    "label": str,
-    "task": str,
-    "state_dir": Path,
-    "encoding": str,
-    "keepalive": int,
-    "compute_delay": float,
-    "seed": int,
-}
 ENCODINGS = ("f32", "f16", "q8")
+TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
 class AgentConfig:
-    broker: BrokerConfig
-    device: str
-    fleet: str = "default"
-    state_dir: Path = Path("fedmq-state")
-    data: Path | None = None
-    label: str = "label"
-    task: str = "classification"
-    encoding: str = "f32"
-    keepalive: int = 30
-    timeout: float = 10.0
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    compute_delay: float = 0.0  # extra seconds per run; the demo's simulated slow devices
-    seed: int | None = None
+    """Edge agent."""
+
+    broker: BrokerConfig  # built from BrokerSettings; not a setting itself
+    device: str = setting(help="This device's id (its MQTT username in production).")
+    fleet: str = fleet_setting()
+    state_dir: Path = setting(Path("fedmq-state"), help="Where the agent keeps its seq.")
+    data: Path | None = setting(
+        None, help="This device's data: a .csv (with a header row) or .npz file.", required=True
+    )
+    label: str = setting("label", help="Label column of a CSV data file.")
+    task: str = setting("classification", help="What the model learns.", choices=TASKS)
+    encoding: str = setting("f32", help="Encoding of the updates sent.", choices=ENCODINGS)
+    keepalive: int = keepalive_setting()
+    timeout: float = setting(10.0, help="Seconds an MQTT operation may take before it fails.")
+    backoff_base: float = setting(0.5, help="First reconnect delay in seconds (then doubles).")
+    backoff_cap: float = setting(30.0, help="Longest reconnect delay in seconds.")
+    compute_delay: float = setting(
+        0.0, help="Extra seconds per local run (the demo's simulated slow devices)."
+    )
+    seed: int | None = setting(None, help="Seed of local training (none: random).")
 
     def __post_init__(self) -> None:
         validate_device_id(self.device)
         validate_fleet(self.fleet)
-        if self.task not in ("classification", "regression"):
-            raise ConfigError("bad_setting", "task must be classification or regression")
-        if self.encoding not in ENCODINGS:
-            raise ConfigError("bad_setting", f"encoding must be one of {ENCODINGS}")
+        check_choices(self)
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
         if self.compute_delay < 0:
             raise ConfigError("bad_setting", "compute_delay must be >= 0")
+        if not (self.timeout > 0 and 0 < self.backoff_base <= self.backoff_cap):
+            raise ConfigError("bad_setting", "need timeout > 0 and 0 < backoff_base <= backoff_cap")
+
+
+SCHEMA = Schema("agent", BrokerSettings, AgentConfig)
+
+
+def resolve_agent_settings(
+    path: str | Path | None = None,
+    *,
+    flags: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> Resolved:
+    """The agent's effective settings (for ``--print-config`` and ``load_agent_config``)."""
+    return SCHEMA.resolve(path, flags=flags, env=env)
 
 
 def load_agent_config(
@@ -63,17 +74,7 @@ def load_agent_config(
     flags: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
 ) -> AgentConfig:
-    """Build the agent's config; the TOML file's ``[agent]`` table holds the same names."""
-    file = load_toml(path).get("agent", {}) if path else {}
-    if not isinstance(file, dict):
-        raise ConfigError("bad_toml", "[agent] must be a table")
-    s = layered(FIELDS, file=file, env=env, flags=flags)
-    for required in ("broker", "device"):
-        if required not in s:
-            raise ConfigError(
-                "missing_setting",
-                f"{required} is not set: give --{required}, $FEDMQ_{required.upper()} "
-                f"or {required} = ... in the [agent] table",
-            )
-    broker = BrokerConfig.from_settings(s)
-    return AgentConfig(broker=broker, **s)
+    """Build the agent's config: flag > environment > ``[agent]`` table > default."""
+    s = resolve_agent_settings(path, flags=flags, env=env)
+    s.require()
+    return s.build(AgentConfig, broker=s.build(BrokerSettings).connect())

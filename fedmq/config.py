@@ -1,39 +1,109 @@
-"""Configuration shared by the agent, the aggregator and the CLI.
+"""How every service reaches its broker: the broker settings and the connection they make.
 
-Settings come from a TOML file, then ``FEDMQ_*`` environment variables, then flags;
-a later source wins. Secrets (passwords) never appear in ``repr`` or in logs.
+Settings themselves (declaration, TOML, ``FEDMQ_*``, flags) live in ``fedmq.settings``.
+A password comes only from ``--password-file`` or ``$FEDMQ_PASSWORD``, never from argv,
+and never goes over plain ``mqtt://`` to another host unless ``--insecure`` says so.
+Secrets never appear in ``repr`` or in logs.
 """
 
 from __future__ import annotations
 
-import os
+import ipaddress
 import ssl
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from fedmq.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from fedmq.settings import redact_url, setting
 
 SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
 
 
-# The settings every service takes to reach its broker (see ``BrokerConfig.from_settings``).
-BROKER_FIELDS: dict[str, type] = {
-    "broker": str,
-    "username": str,
-    "password": str,
-    "ca": Path,
-    "cert": Path,
-    "key": Path,
-}
+def fleet_setting() -> Any:
+    return setting("default", help="Fleet name: this service's topics live under fl/FLEET/.")
+
+
+def keepalive_setting() -> Any:
+    return setting(30, help="MQTT keepalive in seconds (5 to 3600).")
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Broker connection (the same keys for the agent and the aggregator)."""
+
+    broker: str = setting(help="Broker URL: mqtt://host:1883 or mqtts://host:8883.")
+    username: str | None = setting(None, help="Broker username.")
+    password_file: Path | None = setting(
+        None, help="File holding the broker password (its first line); keep it mode 0600."
+    )
+    password: str | None = setting(
+        None,
+        help="Broker password, from the environment only so it stays out of `ps`.",
+        secret=True,
+        sources=("env",),
+    )
+    ca: Path | None = setting(None, help="CA certificate (PEM) to verify an mqtts:// broker.")
+    cert: Path | None = setting(None, help="Client certificate (PEM) for mutual TLS.")
+    key: Path | None = setting(None, help="Client private key (PEM) for mutual TLS.")
+    insecure: bool = setting(
+        False, help="Allow a password over plain mqtt:// to a host other than loopback."
+    )
+
+    def connect(self) -> BrokerConfig:
+        """The connection these settings describe; refuses an unsafe use of a password."""
+        if _url_password(self.broker):
+            raise ConfigError(
+                "password_in_url",
+                "the broker URL holds a password; use --password-file or $FEDMQ_PASSWORD",
+            )
+        if self.password is not None and self.password_file is not None:
+            raise ConfigError("two_passwords", "give --password-file or $FEDMQ_PASSWORD, not both")
+        password = (
+            self.password if self.password_file is None else _read_password(self.password_file)
+        )
+        cfg = BrokerConfig.from_url(
+            self.broker,
+            username=self.username,
+            password=password,
+            ca=self.ca,
+            cert=self.cert,
+            key=self.key,
+        )
+        if cfg.password and not cfg.tls and not _loopback(cfg.host) and not self.insecure:
+            raise ConfigError(
+                "insecure_password",
+                f"refusing to send a password over plain mqtt:// to {cfg.host}: "
+                "use mqtts://, or --insecure if the network is trusted",
+            )
+        return cfg
+
+
+def _read_password(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("unreadable", f"cannot read the password file {path}: {exc}") from exc
+    if not lines or not lines[0]:
+        raise ConfigError("bad_password_file", f"the password file {path} is empty")
+    return lines[0]
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_password(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).password)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -48,14 +118,6 @@ class BrokerConfig:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> BrokerConfig:
-        """Take the ``BROKER_FIELDS`` out of layered ``settings`` (``broker`` required)."""
-        url = settings.pop("broker")
-        return cls.from_url(
-            url, **{k: settings.pop(k, None) for k in BROKER_FIELDS if k != "broker"}
-        )
 
     @classmethod
     def from_url(
@@ -76,14 +138,16 @@ class BrokerConfig:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise ConfigError("bad_broker_url", f"broker URL {_redact(url)!r}: {exc}") from exc
+            raise ConfigError("bad_broker_url", f"broker URL {redact_url(url)!r}: {exc}") from exc
         if parts.scheme not in SCHEMES or not parts.hostname:
             raise ConfigError(
                 "bad_broker_url",
-                f"broker URL {_redact(url)!r} must look like mqtt://host:1883 or mqtts://host:8883",
+                f"broker URL {redact_url(url)!r} must look like mqtt://host:1883 or mqtts://host:8883",
             )
         if parts.path not in ("", "/") or parts.query:
-            raise ConfigError("bad_broker_url", f"broker URL {_redact(url)!r} has a path or query")
+            raise ConfigError(
+                "bad_broker_url", f"broker URL {redact_url(url)!r} has a path or query"
+            )
         tls, default_port = SCHEMES[parts.scheme]
         paths = {"ca": ca, "cert": cert, "key": key}
         for name, value in paths.items():
@@ -134,74 +198,3 @@ class BrokerConfig:
 
 def _unquote(value: str | None) -> str | None:
     return unquote(value) if value else None
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it is shown anywhere."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file; a missing or malformed file is a ConfigError."""
-    p = Path(path)
-    try:
-        with p.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError("missing_file", f"config file {p} does not exist") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("bad_toml", f"config file {p} is not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError("unreadable", f"cannot read config file {p}: {exc}") from exc
-
-
-def layered(
-    fields: Mapping[str, type],
-    *,
-    file: Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-    flags: Mapping[str, Any] | None = None,
-    env_prefix: str = "FEDMQ_",
-) -> dict[str, Any]:
-    """Merge file < environment < flags for the named fields, converting and checking types.
-
-    ``fields`` maps a setting name to its type (str, int, float, bool, Path). Unknown keys
-    in the file are an error, so a typo cannot silently fall back to a default.
-    """
-    file = dict(file or {})
-    env = os.environ if env is None else env
-    unknown = sorted(set(file) - set(fields))
-    if unknown:
-        raise ConfigError(
-            "unknown_setting", f"unknown setting(s) {unknown}; known: {sorted(fields)}"
-        )
-    out: dict[str, Any] = {}
-    for name, typ in fields.items():
-        sources = [
-            ("config file", file.get(name)),
-            (f"${env_prefix}{name.upper()}", env.get(env_prefix + name.upper())),
-            (f"--{name.replace('_', '-')}", (flags or {}).get(name)),
-        ]
-        for where, value in sources:
-            if value is not None:
-                out[name] = _convert(name, value, typ, where)
-    return out
-
-
-def _convert(name: str, value: Any, typ: type, where: str) -> Any:
-    try:
-        if typ is bool and isinstance(value, str):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes", "on")
-        if typ in (int, float) and isinstance(value, bool):
-            raise ValueError(value)
-        return typ(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            "bad_setting", f"{name} from {where} must be {typ.__name__}, got {value!r}"
-        ) from exc

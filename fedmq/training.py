@@ -18,23 +18,26 @@ from fedmq.model import (
     loss_and_grads,
     subtract,
 )
+from fedmq.settings import setting
 
 
 @dataclass(frozen=True)
 class Hyper:
-    """Local training hyper-parameters; the aggregator ships them in ``GlobalModel.hyper``.
+    """Devices' hyper-parameters (the aggregator ships them in ``GlobalModel.hyper``).
 
     ``mu`` is the FedProx proximal weight (0 = plain FedAvg local SGD); ``clip`` bounds
     the L2 norm of the delta (0 = no clipping); ``noise`` is the standard deviation of
     Gaussian noise added to the clipped delta, as a multiple of ``clip`` (client-level DP).
     """
 
-    lr: float = 0.05
-    epochs: int = 1
-    batch: int = 16
-    mu: float = 0.0
-    clip: float = 0.0
-    noise: float = 0.0
+    lr: float = setting(0.05, help="Devices' local learning rate.")
+    epochs: int = setting(1, help="Devices' local epochs per run (1 to 1000).")
+    batch: int = setting(16, help="Devices' local batch size.")
+    mu: float = setting(0.0, help="FedProx proximal weight μ (0: plain local SGD).")
+    clip: float = setting(0.0, help="Devices clip their delta to this L2 norm (0: no clipping).")
+    noise: float = setting(
+        0.0, help="Gaussian noise added to each clipped delta, as a multiple of clip (needs clip)."
+    )
 
     def __post_init__(self) -> None:
         checks = {

@@ -133,3 +133,19 @@ def fleet(request: pytest.FixtureRequest) -> str:
     name = re.sub(r"[^a-z0-9_-]+", "-", request.node.name.lower())
     name = name[: FLEET_MAX - len(suffix) - 1].strip("-_") or "test"
     return f"{name}-{suffix}"
+
+
+@pytest.fixture
+def sample_value() -> Callable[[Any], Any]:
+    """``sample_value(setting)``: a valid value of a declared setting, not its default."""
+
+    def sample(s: Any) -> Any:
+        if s.choices:
+            return next(c for c in s.choices if c != s.default)
+        if s.type is bool:
+            return not s.default
+        if s.type in (int, float):
+            return s.type((s.default or 1) * 2 + 1)
+        return s.type(f"sample-{s.name}")
+
+    return sample

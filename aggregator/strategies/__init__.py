@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from aggregator.strategies.fedasync import FedAsync, Staleness
 from aggregator.strategies.fedavg import FedAvg
@@ -23,7 +24,10 @@ from fedmq.errors import ConfigError
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAsync, FedBuff, FedAvg)}
 
 # What ``defence=True`` means when a setting is not given (see benchmarks/RESULTS.md).
-DEFENCE_DEFAULTS: dict[str, Any] = {"norm_factor": 4.0, "norm_mode": "reject", "trim": 0.2}
+DEFENCE_DEFAULTS: dict[str, Any] = {
+    name: getattr(Defaults, name)
+    for name in ("norm_factor", "norm_mode", "norm_window", "norm_warmup", "trim")
+}
 
 __all__ = [
     "DEFENCE_DEFAULTS",
@@ -47,9 +51,6 @@ def make_strategy(
     version: int = 0,
     *,
     defence: bool = False,
-    norm_factor: float | None = None,
-    norm_mode: str | None = None,
-    trim: float | None = None,
     **params: Any,
 ) -> Strategy:
     """Build a strategy by name; unknown names and parameters are a ConfigError.
@@ -58,13 +59,14 @@ def make_strategy(
     refused and norms above ``norm_factor`` x the running median are refused
     (``norm_mode="reject"``), clipped (``"clip"``) or let through (``"off"``). FedBuff
     also combines its buffer with a trimmed mean dropping ``trim`` at each end per
-    coordinate (``trim=0`` keeps FedBuff's sample-weighted mean).
+    coordinate (``trim=0`` keeps FedBuff's sample-weighted mean). ``norm_window`` and
+    ``norm_warmup`` shape the median (``NormBound``). A ``None`` parameter is not given.
     """
     if name not in STRATEGIES:
         raise ConfigError(
             "unknown_strategy", f"unknown strategy {name!r}: use one of {sorted(STRATEGIES)}"
         )
-    given = {"norm_factor": norm_factor, "norm_mode": norm_mode, "trim": trim}
+    given = {k: params.pop(k) for k in DEFENCE_DEFAULTS if k in params}
     given = {k: v for k, v in given.items() if v is not None}
     if given and not defence:
         raise ConfigError("bad_param", f"{', '.join(given)} only apply with defence=True")
@@ -85,4 +87,10 @@ def make_strategy(
         raise ConfigError("bad_param", f"strategy {name}: {exc}") from exc
     if settings["norm_mode"] == "off":
         return Robust(inner)
-    return Robust(inner, NormBound(settings["norm_factor"], settings["norm_mode"]))
+    bound = NormBound(
+        settings["norm_factor"],
+        settings["norm_mode"],
+        window=settings["norm_window"],
+        warmup=settings["norm_warmup"],
+    )
+    return Robust(inner, bound)

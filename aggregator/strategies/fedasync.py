@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.spec import parse_spec
@@ -71,9 +72,9 @@ class FedAsync(Strategy):
         weights: Mapping[str, np.ndarray],
         version: int = 0,
         *,
-        alpha: float = 0.6,
-        staleness: Staleness | str = "poly:0.5",
-        max_staleness: int = 64,
+        alpha: float = Defaults.alpha,
+        staleness: Staleness | str = Defaults.staleness,
+        max_staleness: int = Defaults.max_staleness,
     ) -> None:
         super().__init__(weights, version)
         if not 0 < alpha <= 1:

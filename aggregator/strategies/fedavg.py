@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 
@@ -25,8 +26,8 @@ class FedAvg(Strategy):
         weights: Mapping[str, np.ndarray],
         version: int = 0,
         *,
-        clients_per_round: int = 10,
-        server_lr: float = 1.0,
+        clients_per_round: int = Defaults.clients_per_round,
+        server_lr: float = Defaults.server_lr,
     ) -> None:
         super().__init__(weights, version)
         if clients_per_round < 1:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 
@@ -23,9 +24,9 @@ class FedBuff(Strategy):
         weights: Mapping[str, np.ndarray],
         version: int = 0,
         *,
-        k: int = 10,
-        server_lr: float = 1.0,
-        max_staleness: int = 64,
+        k: int = Defaults.k,
+        server_lr: float = Defaults.server_lr,
+        max_staleness: int = Defaults.max_staleness,
     ) -> None:
         super().__init__(weights, version)
         if k < 1:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Weights, global_norm
@@ -64,11 +65,11 @@ class NormBound:
 
     def __init__(
         self,
-        factor: float = 4.0,
-        mode: str = "reject",
+        factor: float = Defaults.norm_factor,
+        mode: str = Defaults.norm_mode,
         *,
-        window: int = 50,
-        warmup: int = 5,
+        window: int = Defaults.norm_window,
+        warmup: int = Defaults.norm_warmup,
     ) -> None:
         if not (math.isfinite(factor) and factor > 1):
             raise ConfigError("bad_param", f"norm bound factor must be > 1, got {factor}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.fedbuff import FedBuff
 from fedmq.errors import ConfigError
 
@@ -39,7 +40,12 @@ class TrimmedFedBuff(FedBuff):
     """FedBuff whose ``combine`` is a coordinate-wise trimmed mean; ``trim`` in [0, 0.5)."""
 
     def __init__(
-        self, weights: Mapping[str, np.ndarray], version: int = 0, *, trim: float = 0.2, **kw: Any
+        self,
+        weights: Mapping[str, np.ndarray],
+        version: int = 0,
+        *,
+        trim: float = Defaults.trim,
+        **kw: Any,
     ) -> None:
         super().__init__(weights, version, **kw)
         if not 0 <= trim < 0.5:

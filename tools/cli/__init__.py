@@ -12,7 +12,7 @@ import typer
 
 from fedmq._version import __version__
 from fedmq.errors import FedmqError
-from tools.cli import broker, certs, demo, services, simulate
+from tools.cli import agent, aggregator, broker, certs, demo, simulate
 
 app = typer.Typer(
     name="fedmq",
@@ -22,10 +22,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+agent.register(app)
+aggregator.register(app)
 broker.register(app)
 certs.register(app)
 demo.register(app)
-services.register(app)
 simulate.register(app)
 
 

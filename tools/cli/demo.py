@@ -12,18 +12,21 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from tools.cli.simulate import StrategyName, TaskName, strategy_params
+from aggregator.config import StrategyConfig
+from fedmq.training import Hyper
+from tools.cli.options import with_settings
+from tools.cli.simulate import TaskName, fleet_strategy
 
 if TYPE_CHECKING:
-    from tools.sim.demo import Snapshot
+    from tools.sim.demo import DemoConfig, Snapshot
 
 
+@with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"}, env=False)
 def demo_command(
     task: TaskName = typer.Option(TaskName.digits, help="Bundled task to learn."),
     devices: int = typer.Option(
         20, min=1, max=500, help="Simulated devices (one MQTT connection each)."
     ),
-    strategy: StrategyName = typer.Option(StrategyName.fedbuff, help="Server strategy."),
     broker: str = typer.Option(
         None, help="Use this broker (mqtt://host:port) instead of starting an embedded one."
     ),
@@ -36,11 +39,6 @@ def demo_command(
         None, help="Stop at this test accuracy (digits, default 0.92) or test MSE (linreg, 0.0105)."
     ),
     budget: float = typer.Option(60.0, help="Stop after this many wall-clock seconds."),
-    alpha: float = typer.Option(None, help="FedAsync: mixing weight α."),
-    staleness: str = typer.Option(None, help="FedAsync: constant | poly:A | hinge:A,B."),
-    max_staleness: int = typer.Option(None, help="Reject updates older than this many versions."),
-    k: int = typer.Option(None, "--k", help="FedBuff: buffer size K."),
-    server_lr: float = typer.Option(None, help="FedBuff/FedAvg: server learning rate."),
     round_deadline: float = typer.Option(5.0, help="FedAvg: seconds before a round closes."),
     encoding: str = typer.Option("f32", help="Update encoding: f32, f16 or q8."),
     seed: int = typer.Option(0, help="Seed for data split, delays, init and training."),
@@ -51,31 +49,24 @@ def demo_command(
     attack: str = typer.Option(
         "signflip", help="What malicious devices send: signflip | noise | nan | labelflip."
     ),
-    defence: bool = typer.Option(
-        True, "--defence/--no-defence", help="Norm bound and trimmed mean in the aggregator."
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+    settings: Any = None,
 ) -> None:
     """Run a real federation on this machine: a broker, the aggregator and N devices.
 
     Without --broker an embedded MQTT 3.1.1 broker runs in-process. Each device is a real
     edge agent with its own connection, data shard and compute delay. Stops at --target
-    or after --budget seconds and prints a summary.
+    or after --budget seconds and prints a summary. Strategy options and their defaults
+    are the aggregator's (docs/config.md).
+
+    Example: `fedmq demo --devices 10 --strategy fedasync --malicious 0.2 --attack signflip`
     """
     from tools.sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         task=task.value,
         devices=devices,
-        strategy=strategy.value,
-        strategy_params=strategy_params(
-            strategy,
-            alpha=alpha,
-            staleness=staleness,
-            max_staleness=max_staleness,
-            k=k,
-            server_lr=server_lr,
-        ),
+        **fleet_strategy(settings),
         broker=broker,
         fleet=fleet,
         partition=partition,
@@ -88,16 +79,22 @@ def demo_command(
         out_dir=out_dir,
         malicious=malicious,
         attack=attack,
-        defence=defence,
     )
     if as_json:
         typer.echo(json.dumps(asyncio.run(run_demo(cfg))))
         return
+    _run_live(cfg)
+
+
+def _run_live(cfg: DemoConfig) -> None:
+    """The demo with a live table, then the summary."""
+    from tools.sim.demo import run_demo
+
     console = Console()
-    metric = "accuracy" if task is TaskName.digits else "test MSE"
+    metric = "accuracy" if cfg.task == TaskName.digits.value else "test MSE"
     console.print(
-        f"[bold]fedmq demo[/]: {devices} devices, {strategy.value}, task {task.value}, "
-        f"target {metric} {cfg.goal}, budget {budget:g}s"
+        f"[bold]fedmq demo[/]: {cfg.devices} devices, {cfg.strategy}, task {cfg.task}, "
+        f"target {metric} {cfg.goal}, budget {cfg.budget:g}s"
     )
     with Live(console=console, refresh_per_second=4, transient=True) as live:
 

@@ -11,28 +11,38 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from aggregator.config import StrategyConfig, strategy_params
+from fedmq.settings import given_flags, settings_of
+from fedmq.training import Hyper
+from tools.cli.options import with_settings
+
 
 class TaskName(str, Enum):
     digits = "digits"
     linreg = "linreg"
 
 
-class StrategyName(str, Enum):
-    fedasync = "fedasync"
-    fedbuff = "fedbuff"
-    fedavg = "fedavg"
+def fleet_strategy(settings: dict[str, Any]) -> dict[str, Any]:
+    """The strategy, defence, parameters and hyper-parameter overrides the user gave.
+
+    Defaults are ``StrategyConfig``'s (the aggregator's); hyper-parameters not given stay
+    the task's own.
+    """
+    given = given_flags((StrategyConfig, Hyper), settings)
+    strategy = given.pop("strategy", StrategyConfig.strategy)
+    defence = given.pop("defence", StrategyConfig.defence)
+    hyper_names = {s.name for s in settings_of(Hyper)}
+    return {
+        "strategy": strategy,
+        "defence": defence,
+        "strategy_params": strategy_params(
+            strategy, defence, {k: v for k, v in given.items() if k not in hyper_names}
+        ),
+        "hyper": {k: v for k, v in given.items() if k in hyper_names},
+    }
 
 
-def strategy_params(strategy: StrategyName, **given: Any) -> dict[str, Any]:
-    """Keep only the parameters that belong to the chosen strategy (those the user set)."""
-    allowed = {
-        StrategyName.fedasync: ("alpha", "staleness", "max_staleness"),
-        StrategyName.fedbuff: ("k", "server_lr", "max_staleness"),
-        StrategyName.fedavg: ("clients_per_round", "server_lr"),
-    }[strategy]
-    return {k: v for k, v in given.items() if k in allowed and v is not None}
-
-
+@with_settings(StrategyConfig, Hyper, default_notes={Hyper: "the task's"}, env=False)
 def simulate_command(
     task: TaskName = typer.Option(TaskName.digits, help="Bundled task to learn."),
     devices: int = typer.Option(20, min=1, help="Number of simulated devices."),
@@ -43,27 +53,9 @@ def simulate_command(
         "lognormal:0.05,1.0",
         help="Per-device compute delay: lognormal:MEDIAN_S,SIGMA | constant:S.",
     ),
-    strategy: StrategyName = typer.Option(StrategyName.fedbuff, help="Server strategy."),
-    alpha: float = typer.Option(None, help="FedAsync: mixing weight α in (0, 1]."),
-    staleness: str = typer.Option(
-        None, help="FedAsync: staleness function constant | poly:A | hinge:A,B."
-    ),
-    max_staleness: int = typer.Option(
-        None, min=0, help="FedAsync/FedBuff: reject updates older than this many versions."
-    ),
-    k: int = typer.Option(None, "--k", min=1, help="FedBuff: buffer size K."),
-    server_lr: float = typer.Option(None, help="FedBuff/FedAvg: server learning rate η_g."),
-    clients_per_round: int = typer.Option(
-        None, min=1, help="FedAvg: devices per round (default: all)."
-    ),
     round_deadline: float = typer.Option(
         None, help="FedAvg: close a round after this many virtual seconds (default: wait)."
     ),
-    lr: float = typer.Option(None, help="Local learning rate (default: the task's)."),
-    epochs: int = typer.Option(None, min=1, help="Local epochs (default: the task's)."),
-    batch: int = typer.Option(None, min=1, help="Local batch size (default: the task's)."),
-    mu: float = typer.Option(None, min=0, help="FedProx proximal weight μ."),
-    clip: float = typer.Option(None, min=0, help="Clip each delta to this L2 norm."),
     seed: int = typer.Option(0, help="Seed for data split, init, delays and training."),
     target: float = typer.Option(0.90, help="Test accuracy that counts as reached."),
     budget: float = typer.Option(30.0, help="Virtual seconds to simulate."),
@@ -76,21 +68,18 @@ def simulate_command(
         help="What malicious devices send: signflip (the honest delta x -10) | noise "
         "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y).",
     ),
-    defence: bool = typer.Option(
-        True,
-        "--defence/--no-defence",
-        help="Refuse non-finite deltas and norms above 4x the running median; "
-        "FedBuff also uses a 20% trimmed mean.",
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+    settings: Any = None,
 ) -> None:
     """Simulate a fleet in-process on a virtual clock (no network, no sleeping).
 
     Each device trains on its own shard; its runs take virtual time drawn from --delays.
     The global model is evaluated on the task's held-out test set as versions appear.
-    The same --seed gives the same output.
+    The same --seed gives the same output. Strategy options and their defaults are the
+    aggregator's (docs/config.md).
+
+    Example: `fedmq simulate --strategy fedasync --partition dirichlet:0.3 --budget 20 --json`
     """
-    hyper = {"lr": lr, "epochs": epochs, "batch": batch, "mu": mu, "clip": clip}
     from tools.sim.simulate import SimConfig, simulate
 
     cfg = SimConfig(
@@ -98,17 +87,7 @@ def simulate_command(
         devices=devices,
         partition=partition,
         delays=delays,
-        strategy=strategy.value,
-        strategy_params=strategy_params(
-            strategy,
-            alpha=alpha,
-            staleness=staleness,
-            max_staleness=max_staleness,
-            k=k,
-            server_lr=server_lr,
-            clients_per_round=clients_per_round,
-        ),
-        hyper={k: v for k, v in hyper.items() if v is not None},
+        **fleet_strategy(settings),
         seed=seed,
         target=target,
         budget=budget,
@@ -116,28 +95,31 @@ def simulate_command(
         until_target=until_target,
         malicious=malicious,
         attack=attack,
-        defence=defence,
     )
     if as_json:
-        result = simulate(cfg)
-        typer.echo(json.dumps(result.to_dict()))
+        typer.echo(json.dumps(simulate(cfg).to_dict()))
         return
-    console = Console(stderr=True)
-    metric = "accuracy" if task is TaskName.digits else "test MSE"
+    _print_summary(_run_live(cfg).to_dict())
+
+
+def _run_live(cfg: Any) -> Any:
+    """Simulate with a progress bar on stderr (stdout stays the summary)."""
+    from tools.sim.simulate import simulate
+
+    metric = "accuracy" if cfg.task == TaskName.digits.value else "test MSE"
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("t={task.completed:.2f}/{task.total:.0f}s  {task.fields[status]}"),
-        console=console,
+        console=Console(stderr=True),
         transient=True,
     ) as bar:
-        job = bar.add_task(f"{cfg.strategy} on {cfg.task}", total=budget, status="")
+        job = bar.add_task(f"{cfg.strategy} on {cfg.task}", total=cfg.budget, status="")
 
         def progress(t: float, version: int, value: float) -> None:
             bar.update(job, completed=t, status=f"v{version} {metric} {value:.4f}")
 
-        result = simulate(cfg, progress)
-    _print_summary(result.to_dict())
+        return simulate(cfg, progress)
 
 
 def _print_summary(out: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aggregator.config import AggregatorConfig
+from aggregator.config import AggregatorConfig, StrategyConfig
 from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from edge_agent.agent import Agent
@@ -40,7 +40,7 @@ DEFAULT_TARGETS = {"digits": 0.92, "linreg": 0.0105}  # accuracy, or test MSE fo
 class DemoConfig:
     task: str = "digits"
     devices: int = 20
-    strategy: str = "fedbuff"
+    strategy: str = StrategyConfig.strategy
     strategy_params: dict[str, Any] = field(default_factory=dict)
     broker: str | None = None  # an existing broker's URL; None starts one
     partition: str = "iid"
@@ -55,7 +55,7 @@ class DemoConfig:
     out_dir: Path = Path("runs/demo")
     malicious: float = 0.0  # fraction of devices that attack (see tools.sim.simulate.ATTACKS)
     attack: str = "signflip"
-    defence: bool = True
+    defence: bool = StrategyConfig.defence
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -162,7 +162,7 @@ async def run_demo(
         params.setdefault("clients_per_round", cfg.devices)
     elif cfg.strategy == "fedbuff":
         # Each device sends one update per version: a buffer larger than the fleet never fills.
-        params.setdefault("k", min(10, cfg.devices))
+        params.setdefault("k", min(StrategyConfig.k, cfg.devices))
     strategy = make_strategy(
         cfg.strategy, init_weights(task.arch, cfg.seed), 0, defence=cfg.defence, **params
     )

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.config import StrategyConfig
 from aggregator.strategies import Contribution, Strategy, make_strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Arch, Weights, accuracy, init_weights, loss
@@ -124,7 +125,7 @@ class SimConfig:
     devices: int = 20
     partition: str = "iid"
     delays: str = "lognormal:0.05,1.0"
-    strategy: str = "fedbuff"
+    strategy: str = StrategyConfig.strategy
     strategy_params: dict[str, Any] = field(default_factory=dict)
     hyper: dict[str, Any] = field(default_factory=dict)  # overrides of the task's defaults
     seed: int = 0
@@ -135,7 +136,7 @@ class SimConfig:
     until_target: bool = False
     malicious: float = 0.0  # fraction of devices, chosen by seed, that send attacks
     attack: str = "signflip"
-    defence: bool = True  # wrap the strategy in its defences (aggregator.strategies.robust)
+    defence: bool = StrategyConfig.defence  # wrap it in its defences (strategies.robust)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -274,7 +275,7 @@ class _Simulation:
             params.setdefault("clients_per_round", cfg.devices)
         elif cfg.strategy == "fedbuff":
             # Each device sends one update per version: a buffer larger than the fleet never fills.
-            params.setdefault("k", min(10, cfg.devices))
+            params.setdefault("k", min(StrategyConfig.k, cfg.devices))
         self.strategy: Strategy = make_strategy(
             cfg.strategy,
             init_weights(self.task.arch, cfg.seed),
