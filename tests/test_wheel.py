@@ -165,7 +165,9 @@ def test_fedmq_broker_add_device_writes_a_private_password_file(
     password = done.stdout.strip()
     assert len(password) >= 32 and password not in passwd.read_text()
     assert [line.split(":")[0] for line in passwd.read_text().splitlines()] == ["pi-001"]
-    assert stat.S_IMODE(passwd.stat().st_mode) == 0o600
+    # Private to its owner, or (run as root) readable by Mosquitto's group too.
+    assert stat.S_IMODE(passwd.stat().st_mode) in (0o600, 0o640)
+    assert (installed.cwd / "acl").read_text().count("user pi-001") == 1
 
     again = installed.run(
         installed.fedmq, "broker", "add-device", "pi-001", "--password-file", "passwd", check=False

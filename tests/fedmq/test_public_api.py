@@ -14,7 +14,8 @@ import fedmq
 HEAVY = ("onnx", "onnxruntime", "sklearn", "scipy", "typer", "rich", "cryptography")
 MQTT = ("paho", "aiomqtt")
 CONTRACT = {"fedmq._version", "fedmq.errors", "fedmq.model", "fedmq.topics", "fedmq.training"}
-CONTRACT |= {"fedmq.wire"}
+# Hyper is declared with fedmq.settings, the one source of every setting.
+CONTRACT |= {"fedmq.wire", "fedmq.settings"}
 
 
 def test_import_fedmq_loads_only_the_contract():
