@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from fedmq.errors import WireError
 from fedmq.model import Arch, init_weights
+from fedmq.tensors import decode_tensor, dequantize_q8, quantize_q8
 from fedmq.training import Hyper
 from fedmq.wire import (
+    MAX_BYTES,
     MESSAGES,
     AggregatorStatus,
     DeviceLedger,
@@ -22,12 +24,13 @@ from fedmq.wire import (
     GlobalModel,
     Update,
     decode_any,
-    decode_tensor,
     encode_tensor,
-    weights_sha256,
+    new_run,
+    weights_digest,
 )
 
 ARCH = Arch("mlp", (4, 3, 2))
+RUN = "00112233aabbccdd"
 SHAPES = ARCH.param_shapes()
 
 finite32 = st.floats(-1e6, 1e6, allow_nan=False, width=32)
@@ -36,8 +39,9 @@ ids = st.text(
     st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="+#/$"),
     min_size=1,
     max_size=64,
-)
+).filter(lambda s: s.isprintable())
 small_int = st.integers(0, 2**40)
+runs = st.text("0123456789abcdef", min_size=16, max_size=16)
 metric_maps = st.dictionaries(st.text(min_size=1, max_size=20), finite32, max_size=5)
 reason_maps = st.dictionaries(st.text(min_size=1, max_size=20), small_int, max_size=5)
 
@@ -92,7 +96,7 @@ def global_models(draw: st.DrawFn) -> GlobalModel:
         clip=draw(st.floats(0, 10)),
     )
     return GlobalModel.build(
-        draw(small_int), arch, draw(deltas(arch)), hyper, created_at=draw(times)
+        draw(small_int), arch, draw(deltas(arch)), hyper, run=draw(runs), created_at=draw(times)
     )
 
 
@@ -194,11 +198,49 @@ def test_tensor_decoding_does_not_copy() -> None:
     np.testing.assert_array_equal(arr, np.arange(6).reshape(2, 3))
 
 
-def test_sha256_covers_weights_in_order() -> None:
+def test_digest_covers_arch_names_shapes_dtypes_and_data() -> None:
     w = init_weights(ARCH, 0)
-    flipped = dict(reversed(list(w.items())))
-    assert weights_sha256(w) != weights_sha256(flipped)
-    assert len(weights_sha256(w)) == 64
+    base = weights_digest(ARCH, w)
+    assert len(base) == 64 and base == weights_digest(ARCH, dict(reversed(list(w.items()))))
+    other_act = Arch("mlp", (4, 3, 2), "tanh")
+    as_f16 = {k: v.astype(np.float16) for k, v in w.items()}
+    data = dict(w, b1=w["b1"] + np.float32(1))
+    # w1 (3, 2) reshaped (2, 3) keeps the bytes but not the shape.
+    reshaped = dict(w, w1=w["w1"].reshape(2, 3))
+    digests = {
+        weights_digest(other_act, w),
+        weights_digest(ARCH, as_f16),
+        weights_digest(ARCH, data),
+        weights_digest(ARCH, reshaped),
+    }
+    assert base not in digests and len(digests) == 4
+
+
+def test_new_runs_are_random_hex_ids() -> None:
+    a, b = new_run(), new_run()
+    assert a != b and len(a) == 16 and set(a) <= set("0123456789abcdef")
+    for bad in ("", "0" * 15, "0" * 17, "ABCDEF0123456789", "g" * 16):
+        with pytest.raises(WireError) as err:
+            GlobalModel.build(0, ARCH, init_weights(ARCH, 0), Hyper(), run=bad)
+        assert err.value.reason == "bad_value"
+
+
+@given(st.lists(st.integers(-128, 127), min_size=1, max_size=50), st.floats(1e-30, 1e30))
+def test_q8_dequantization_is_float32_q_times_float32_scale(q: list[int], scale: float) -> None:
+    got = dequantize_q8(np.array(q, np.int8), scale)
+    assert got.dtype == np.float32
+    for qi, gi in zip(q, got, strict=True):
+        # The exact float32 product: float64 holds float32 x float32 exactly; round once.
+        want = np.float32(float(np.float32(qi)) * float(np.float32(scale)))
+        assert gi.tobytes() == want.tobytes()
+
+
+@given(deltas())
+def test_q8_scales_are_float32_values(delta: dict[str, np.ndarray]) -> None:
+    for arr in delta.values():
+        q, scale = quantize_q8(arr)
+        assert float(np.float32(scale)) == scale and scale > 0
+        assert q.dtype == np.int8 and np.abs(q.astype(int)).max(initial=0) <= 127
 
 
 # -- every rejection has its reason ----------------------------------------------------
@@ -225,52 +267,149 @@ def _tensor_ext(code: int, shape: tuple[int, ...], data: bytes) -> msgpack.ExtTy
     return msgpack.ExtType(1, struct.pack(f"<BB{len(shape)}I", code, len(shape), *shape) + data)
 
 
-BAD = {
-    "too_large": b"\x80" * 100,
-    "malformed": b"\xc1",
-    "not_a_map": msgpack.packb([1, 2, 3]),
-    "bad_version": _pack(_update_map(v=2)),
-    "bad_kind": _pack(_update_map(kind="global_model")),
-    "missing_field": _pack(_update_map(seq=_DROP)),
-    "unknown_field": _pack(_update_map(extra=1)),
-    "bad_type": _pack(_update_map(seq="1")),
-    "bad_value": _pack(_update_map(num_samples=0)),
-    "bad_dtype": _pack(
-        _update_map(delta={k: v.astype(np.float16) for k, v in init_weights(ARCH, 0).items()})
-    ),
-    "bad_shape": _pack(_update_map(delta={"w0": np.zeros((4, 3), np.float32)})),
-    "non_finite": _pack(
-        _update_map(delta={**init_weights(ARCH, 0), "b0": np.array([0, np.nan, 0], np.float32)})
-    ),
-    "bad_tensor": _pack(_update_map(delta={"w0": _tensor_ext(1, (4, 3), b"\0" * 7)})),
-    "bad_ext": _pack(_update_map(delta={"w0": msgpack.ExtType(7, b"\1\0")})),
+def _model_map(**changes) -> dict:
+    model = GlobalModel.build(1, ARCH, init_weights(ARCH, 0), Hyper(), run=RUN)
+    body = {"v": 1, "kind": "global_model", **model.to_map(), **changes}
+    return {k: v for k, v in body.items() if v is not _DROP}
+
+
+def _pack_pairs(pairs: list[tuple[object, object]]) -> bytes:
+    """A msgpack map written pair by pair, so that it can hold a key twice."""
+    head = (
+        bytes([0x80 | len(pairs)]) if len(pairs) < 16 else b"\xde" + struct.pack(">H", len(pairs))
+    )
+    return head + b"".join(_pack(k) + _pack(v) for k, v in pairs)
+
+
+def _dup(body: dict, key: str, value: object) -> bytes:
+    return _pack_pairs([*body.items(), (key, value)])
+
+
+_W = init_weights(ARCH, 0)
+_HYPER = {"lr": 0.1, "epochs": 1, "batch": 8, "mu": 0.0, "clip": 0.0}
+
+# reason -> [(message class, payload)], each with exactly one defect.
+BAD: dict[str, list[tuple[type, bytes]]] = {
+    "too_large": [(Update, b"\x80" * (MAX_BYTES + 1))],
+    "malformed": [
+        (Update, b"\xc1"),
+        (Update, _pack(_update_map()) + b"\x00"),  # trailing bytes
+        (Update, b"\x81\x01\x02"),  # an int key
+        (Update, b"\x81\xc4\x00\x01"),  # a bin key, even empty
+        (Update, _pack_pairs([*_update_map().items(), ("x", b"")])),  # a bin value
+        (Update, "not bytes"),
+    ],
+    "duplicate_key": [
+        (Update, _dup(_update_map(), "seq", 2)),
+        (Update, _dup(_update_map(), "v", 1)),
+        (Update, _pack(_update_map()).replace(b"\xa2w0", b"\xa2b0", 1)),  # inside delta
+        (GlobalModel, _pack(_model_map()).replace(b"\xa2mu", b"\xa2lr", 1)),  # inside hyper
+    ],
+    "not_a_map": [(Update, msgpack.packb([1, 2, 3]))],
+    "bad_version": [(Update, _pack(_update_map(v=v))) for v in (2, 0, True, 1.0, "1", None, _DROP)],
+    "bad_kind": [(Update, _pack(_update_map(kind="global_model"))), (Update, _pack({"v": 1}))],
+    "missing_field": [
+        (Update, _pack(_update_map(seq=_DROP))),
+        (GlobalModel, _pack(_model_map(run=_DROP))),
+        (GlobalModel, _pack(_model_map(hyper={k: v for k, v in _HYPER.items() if k != "lr"}))),
+        (GlobalModel, _pack(_model_map(arch={"kind": "mlp", "layers": [4, 3, 2]}))),
+    ],
+    "unknown_field": [
+        (Update, _pack(_update_map(extra=1))),
+        (GlobalModel, _pack(_model_map(hyper={**_HYPER, "momentum": 0.9}))),
+        (GlobalModel, _pack(_model_map(arch={**ARCH.to_dict(), "extra": 1}))),
+    ],
+    "bad_type": [
+        (Update, _pack(_update_map(seq="1"))),
+        (Update, _pack(_update_map(seq=1.0))),
+        (Update, _pack(_update_map(seq=True))),
+        (Update, _pack(_update_map(device=7))),
+        (Update, _pack(_update_map(delta={"w0": [1, 2]}))),
+        (GlobalModel, _pack(_model_map(hyper={**_HYPER, "epochs": 1.0}))),
+        (GlobalModel, _pack(_model_map(arch={**ARCH.to_dict(), "layers": [4, 3.0, 2]}))),
+    ],
+    "bad_value": [
+        (Update, _pack(_update_map(num_samples=0))),
+        (Update, _pack(_update_map(metrics={"": 1.0}))),
+        (Update, _pack(_update_map(encoding="f64"))),
+        (Update, _pack(_update_map(scales={"w0": 1.0}))),  # f32 carries no scales
+        (GlobalModel, _pack(_model_map(run="ABCDEF0123456789"))),
+        (GlobalModel, _pack(_model_map(digest="0" * 63))),
+        (GlobalModel, _pack(_model_map(arch={**ARCH.to_dict(), "kind": "cnn"}))),
+        (GlobalModel, _pack(_model_map(hyper={**_HYPER, "epochs": 0}))),
+    ],
+    "bad_device_id": [
+        (Update, _pack(_update_map(device=d)))
+        for d in ("", "a/b", "a+b", "a#b", "a\0b", "a b", "$SYS", "x" * 65)
+    ],
+    "bad_dtype": [
+        (Update, _pack(_update_map(delta={k: v.astype(np.float16) for k, v in _W.items()}))),
+        (Update, _pack(_update_map(delta={"w0": _tensor_ext(9, (1,), b"\0")}))),
+        (GlobalModel, _pack(_model_map(weights={k: v.astype(np.float16) for k, v in _W.items()}))),
+    ],
+    "bad_shape": [
+        (Update, _pack(_update_map(delta={"w0": np.zeros((4, 3), np.float32)}))),
+        (Update, _pack(_update_map(delta={**_W, "w0": np.zeros((3, 4), np.float32)}))),
+        (
+            GlobalModel,
+            _pack(_model_map(arch={"kind": "mlp", "layers": [4, 5, 2], "activation": "relu"})),
+        ),
+    ],
+    "bad_tensor": [
+        (Update, _pack(_update_map(delta={"w0": _tensor_ext(1, (4, 3), b"\0" * 7)}))),
+        (Update, _pack(_update_map(delta={"w0": msgpack.ExtType(1, b"\1")}))),
+        (Update, _pack(_update_map(delta={"w0": msgpack.ExtType(1, b"\1\x09" + b"\0" * 40)}))),
+        (Update, _pack(_update_map(delta={"w0": msgpack.ExtType(1, b"\1\2\0\0")}))),
+    ],
+    "bad_ext": [
+        (Update, _pack(_update_map(delta={"w0": msgpack.ExtType(7, b"\1\0")}))),
+        (Update, _pack(_update_map(delta={"w0": msgpack.Timestamp(1, 0)}))),
+    ],
+    "non_finite": [
+        (Update, _pack(_update_map(delta={**_W, "b0": np.array([0, np.nan, 0], np.float32)}))),
+        (Update, _pack(_update_map(loss=float("inf")))),
+        (GlobalModel, _pack(_model_map(weights={**_W, "b1": np.array([np.inf, 0], np.float32)}))),
+    ],
+    "bad_digest": [
+        (GlobalModel, _pack(_model_map(digest="0" * 64))),
+        (GlobalModel, _pack(_model_map(weights={**_W, "b1": np.array([1, 0], np.float32)}))),
+        # Same weight bytes, another arch: the old sha256 could not tell these apart.
+        (GlobalModel, _pack(_model_map(arch={**ARCH.to_dict(), "activation": "tanh"}))),
+    ],
 }
 
 
-@pytest.mark.parametrize("reason", sorted(BAD))
-def test_each_rejection_has_a_stable_reason(reason: str) -> None:
-    limit = 50 if reason == "too_large" else 1 << 20
+def _q8_map(**scales: float) -> dict:
+    u = Update.from_delta(_W, encoding="q8", device="d1", seq=1, base_version=0,
+                          num_samples=4, steps=1, loss=0.1)  # fmt: skip
+    return {"v": 1, "kind": "update", **u.to_map(), "scales": {**u.scales, **scales}}
+
+
+BAD["bad_value"] += [
+    (Update, _pack({**_q8_map(), "scales": {"w0": 1.0}})),  # one scale per tensor
+    (Update, _pack(_q8_map(w0=0.0))),
+    (Update, _pack(_q8_map(w0=1e-50))),  # 0 in float32
+    (Update, _pack(_q8_map(w0=1e37))),  # 128 x scale overflows float32
+]
+
+
+@pytest.mark.parametrize(
+    ("reason", "cls", "payload"),
+    [(reason, cls, data) for reason, cases in sorted(BAD.items()) for cls, data in cases],
+)
+def test_each_rejection_has_its_reason(reason: str, cls: type, payload: bytes) -> None:
+    context = {"shapes": SHAPES} if cls is Update else {}
     with pytest.raises(WireError) as err:
-        Update.decode(BAD[reason], shapes=SHAPES, max_bytes=limit)
-    assert err.value.reason == reason
+        cls.decode(payload, **context)
+    assert err.value.reason == reason, err.value
 
 
-def test_global_model_checksum_is_verified() -> None:
-    model = GlobalModel.build(1, ARCH, init_weights(ARCH, 0), Hyper())
-    body = {"v": 1, "kind": "global_model", **model.to_map()}
-    body["sha256"] = "0" * 64
-    with pytest.raises(WireError) as err:
-        GlobalModel.decode(_pack(body))
-    assert err.value.reason == "bad_checksum"
-
-
-def test_global_model_rejects_weights_that_do_not_fit_its_arch() -> None:
-    model = GlobalModel.build(1, ARCH, init_weights(ARCH, 0), Hyper())
-    body = {"v": 1, "kind": "global_model", **model.to_map()}
-    body["arch"] = {"kind": "mlp", "layers": [4, 5, 2], "activation": "relu"}
-    with pytest.raises(WireError) as err:
-        GlobalModel.decode(_pack(body))
-    assert err.value.reason == "bad_shape"
+def test_valid_fixtures_decode() -> None:
+    # The defective payloads above are one change away from these.
+    Update.decode(_pack(_update_map()), shapes=SHAPES)
+    Update.decode(_pack(_q8_map()), shapes=SHAPES)
+    GlobalModel.decode(_pack(_model_map()))
+    GlobalModel.decode(_pack_pairs(list(_model_map().items())))
 
 
 def test_size_bombs_are_refused_before_allocation() -> None:
@@ -289,7 +428,7 @@ def test_size_bombs_are_refused_before_allocation() -> None:
 # -- fuzzing: nothing but WireError, ever ---------------------------------------------
 
 VALID = [
-    GlobalModel.build(7, ARCH, init_weights(ARCH, 1), Hyper(), created_at=5.0).encode(),
+    GlobalModel.build(7, ARCH, init_weights(ARCH, 1), Hyper(), run=RUN, created_at=5.0).encode(),
     _pack(_update_map()),
     DeviceStatus("d", "idle", "0.1", 3, 10, 4, 0.2, 1.0, 100, 5.0).encode(),
 ]
