@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedmq.errors import WireError
+from fedmq.errors import TopicError, WireError
 from fedmq.model import Arch, init_weights
 from fedmq.tensors import decode_tensor, dequantize_q8, quantize_q8
+from fedmq.topics import validate_device_id
 from fedmq.training import Hyper
 from fedmq.wire import (
     MAX_BYTES,
@@ -425,12 +428,79 @@ def test_size_bombs_are_refused_before_allocation() -> None:
     assert err.value.reason == "bad_tensor"
 
 
+# -- strictness, for every message ----------------------------------------------------
+
+
+def _body(msg) -> dict:
+    return {"v": 1, "kind": msg.KIND, **msg.to_map()}
+
+
+def _refused(data: bytes, cls: type, reason: str) -> None:
+    for decode in (cls.decode, decode_any):
+        with pytest.raises(WireError) as err:
+            decode(data)
+        assert err.value.reason == reason, err.value
+
+
+@given(any_message, st.data())
+def test_a_key_twice_is_refused_wherever_it_is(msg, data: st.DataObject) -> None:
+    pairs = list(_body(msg).items())
+    key, value = data.draw(st.sampled_from(pairs))
+    again = data.draw(st.sampled_from([value, None, 0, "x"]))
+    pairs.insert(data.draw(st.integers(0, len(pairs))), (key, again))
+    _refused(_pack_pairs(pairs), type(msg), "duplicate_key")
+
+
+@given(
+    any_message,
+    st.sampled_from([True, False, 1.0, 0, 2, -1, 2**64 - 1, "1", None, [1], {"v": 1}, _DROP]),
+)
+def test_only_the_int_1_is_version_1(msg, v: object) -> None:
+    body = {k: val for k, val in {**_body(msg), "v": v}.items() if val is not _DROP}
+    _refused(_pack(body), type(msg), "bad_version")
+
+
+@given(any_message, st.data())
+def test_int_fields_take_nothing_but_ints(msg, data: st.DataObject) -> None:
+    body = _body(msg)
+    ints = [k for k, v in msg.to_map().items() if type(v) is int]
+    key = data.draw(st.sampled_from(ints))  # every kind has int fields
+    body[key] = data.draw(st.sampled_from([float(body[key]), body[key] % 2 == 1, str(body[key])]))
+    _refused(_pack(body), type(msg), "bad_type")
+
+
+bad_ids = st.one_of(
+    st.just(""),
+    st.text("a", min_size=65, max_size=80),
+    st.tuples(ids, st.sampled_from(list("/+#\0 \t\n\x7f"))).map(lambda t: t[0][:40] + t[1]),
+    ids.map(lambda s: "$" + s[:63]),
+)
+
+
+@given(st.one_of(updates(), device_statuses, ledgers), bad_ids)
+def test_device_ids_follow_the_topic_rules(msg, device: str) -> None:
+    _refused(_pack({**_body(msg), "device": device}), type(msg), "bad_device_id")
+
+
+@given(st.text(max_size=70))
+def test_the_wire_and_the_topics_agree_on_device_ids(device: str) -> None:
+    try:
+        validate_device_id(device)
+    except TopicError:
+        _refused(_pack(_update_map(device=device)), Update, "bad_device_id")
+    else:
+        assert Update.decode(_pack(_update_map(device=device))).device == device
+
+
 # -- fuzzing: nothing but WireError, ever ---------------------------------------------
 
 VALID = [
     GlobalModel.build(7, ARCH, init_weights(ARCH, 1), Hyper(), run=RUN, created_at=5.0).encode(),
     _pack(_update_map()),
+    _pack(_q8_map()),
     DeviceStatus("d", "idle", "0.1", 3, 10, 4, 0.2, 1.0, 100, 5.0).encode(),
+    DeviceLedger("d", 3, {"old_seq": 1}, 9, 2, 40, 1.0, 2.0).encode(),
+    AggregatorStatus("serving", "fedbuff", {"k": 4}, 3, 9, {}, 0.5, None, 1.0, 2.0).encode(),
 ]
 
 
@@ -466,20 +536,72 @@ def test_mutated_and_truncated_payloads_raise_only_wire_error(
     _decode_all(bytes(data[: cut % len(data)]))
 
 
-@settings(max_examples=300)
-@given(
-    st.recursive(
-        st.none()
-        | st.booleans()
-        | st.integers(-(2**63), 2**64 - 1)
-        | st.floats()
-        | st.text()
-        | st.binary(),
-        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
-        max_leaves=20,
-    )
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary())
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**34), st.integers(0, 999_999_999))
+    | st.builds(lambda c, b: _tensor_ext(c, (len(b),), b), st.integers(0, 6), st.binary()),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
 )
+
+
+@settings(max_examples=300)
+@given(msgpack_values)
 def test_arbitrary_msgpack_values_raise_only_wire_error(value) -> None:
     _decode_all(msgpack.packb(value, use_bin_type=True))
     if isinstance(value, dict):
         _decode_all(msgpack.packb({"v": 1, "kind": "update", **value}, use_bin_type=True))
+
+
+# -- the spec names exactly the reasons the code gives --------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = (ROOT / "docs" / "wire.md").read_text(encoding="utf-8")
+
+
+def _table_reasons(heading: str) -> set[str]:
+    section = SPEC.split(heading, 1)[1].split("\n#", 1)[0]
+    return {
+        r
+        for row in re.findall(r"^\| (`.+?`) \|", section, re.M)
+        for r in re.findall(r"`(\w+)`", row)
+    }
+
+
+def _raised(paths: list[Path], cls: str) -> set[str]:
+    text = "\n".join(p.read_text(encoding="utf-8") for p in paths)
+    return set(re.findall(rf'{cls}\(\s*"(\w+)"', text))
+
+
+def test_spec_lists_every_wire_reason_and_no_other() -> None:
+    code = _raised(
+        [ROOT / "fedmq" / f for f in ("wire.py", "fields.py", "tensors.py")], "WireError"
+    )
+    documented = _table_reasons("### 5.1 Wire reasons")
+    assert code == documented
+    # ... and each of them is produced by a payload in BAD.
+    assert set(BAD) == code
+
+
+def test_spec_lists_every_aggregator_reason_and_no_other() -> None:
+    agg = sorted((ROOT / "aggregator").rglob("*.py"))
+    documented = _table_reasons("### 5.2 Aggregator reasons")
+    literals = set(re.findall(r'"(\w+)"', "\n".join(p.read_text(encoding="utf-8") for p in agg)))
+    assert documented <= literals, documented - literals
+    wire = _table_reasons("### 5.1 Wire reasons")
+    assert _raised(agg, "UpdateRejected") <= documented | wire
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(any_message, st.data())
+def test_any_field_replaced_by_any_value_raises_only_wire_error(msg, data: st.DataObject) -> None:
+    body = _body(msg)
+    key = data.draw(st.sampled_from(sorted(body)))
+    body[key] = data.draw(msgpack_values)
+    _decode_all(_pack(body))
