@@ -26,7 +26,8 @@ def _check(result: dict) -> None:
     # Every family of hostile input was met and named.
     for reason in ("malformed", "too_large", "bad_tensor", "bad_dtype", "bad_shape",
                    "non_finite", "identity_mismatch", "old_seq", "too_stale",
-                   "future_version", "bad_topic", "unknown_field"):  # fmt: skip
+                   "future_version", "bad_topic", "unknown_field", "duplicate_key",
+                   "bad_device_id", "bad_version"):  # fmt: skip
         assert result["rejected_by_reason"].get(reason, 0) > 0, reason
 
 
