@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 
-from fedmq.errors import WireError
+from fedmq.errors import TopicError, WireError
+from fedmq.topics import validate_device_id
 from fedmq.wire import MAX_BYTES, GlobalModel, Update
 from tests.fedmq.wire_payloads import (
     ARCH,
@@ -194,3 +196,20 @@ def test_spec_lists_every_aggregator_reason_and_no_other() -> None:
     assert documented <= literals, documented - literals
     wire = _table_reasons("### 5.1 Wire reasons")
     assert _raised(agg, "UpdateRejected") <= documented | wire
+
+
+def test_the_device_id_rule_in_the_spec_is_the_code_rule() -> None:
+    # wire.md: no '/', '+', '#', no character of Unicode category C or Z, no leading '$'.
+    assert "general category C" in SPEC
+    differ = []
+    for cp in range(0x110000):
+        c = chr(cp)
+        spec_ok = c not in "/+#" and unicodedata.category(c)[0] not in "CZ"
+        try:
+            validate_device_id("a" + c)
+            code_ok = True
+        except TopicError:
+            code_ok = False
+        if spec_ok != code_ok:
+            differ.append(hex(cp))
+    assert not differ
