@@ -1,7 +1,9 @@
-"""Field checks for the wire messages (``fedmq.wire``), one per value type of docs/wire.md.
+"""Reading network bytes for ``fedmq.wire``: the msgpack parse and the field checks.
 
-Each check takes a decoded msgpack value and the field's name and returns the typed
-value, or raises ``WireError`` with the reason the spec gives for that defect.
+``parse_msgpack`` applies the limits and refuses duplicate keys, non-str keys and bin
+(docs/wire.md sections 1 and 5). Each check (one per value type of docs/wire.md) takes
+a decoded value and the field's name and returns the typed value, or raises
+``WireError`` with the reason the spec gives for that defect.
 """
 
 from __future__ import annotations
