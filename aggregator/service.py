@@ -32,7 +32,7 @@ from fedmq.identity import client_id
 from fedmq.model import Arch, accuracy, loss
 from fedmq.topics import Topics
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, GlobalModel, Update
+from fedmq.wire import AggregatorStatus, GlobalModel, Update, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 
@@ -63,6 +63,7 @@ class Aggregator:
         self.validator = Validator(self.topics, arch, max_bytes=cfg.max_update_bytes)
         self.counters = Counters(log)
         self.started_at = time.time()
+        self.run_id = new_run()  # the ledger should keep it (issue 10, "A run identity")
         self.last_eval: Evaluation | None = None
         self.published_version = -1
         self.onnx_path = cfg.out_dir / "model.onnx"
@@ -270,7 +271,9 @@ class Aggregator:
     async def _publish_model(self, client: aiomqtt.Client, *, export: bool = True) -> GlobalModel:
         self._dirty.clear()
         version, weights = self.strategy.version, self.strategy.weights
-        model = GlobalModel.build(version, self.arch, weights, self.hyper, created_at=time.time())
+        model = GlobalModel.build(
+            version, self.arch, weights, self.hyper, run=self.run_id, created_at=time.time()
+        )
         payload = model.encode()
         await client.publish(self.topics.model_global, payload, qos=1, retain=True)
         if export:
@@ -291,7 +294,7 @@ class Aggregator:
     def _export(self, model: GlobalModel) -> bytes:
         from fedmq.onnx_export import to_onnx, write_onnx
 
-        data = to_onnx(self.arch, model.weights, model_version=model.version, sha256=model.sha256)
+        data = to_onnx(self.arch, model.weights, model_version=model.version, digest=model.digest)
         write_onnx(self.onnx_path, data)
         return data
 

@@ -12,7 +12,6 @@ The graph takes ``x``: float32 ``[N, n_inputs]`` (``N`` symbolic). An MLP output
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from fedmq._version import __version__
 from fedmq.errors import ModelError
 from fedmq.files import atomic_write
 from fedmq.model import Arch, check_weights
+from fedmq.tensors import weights_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -45,15 +45,6 @@ def _import_onnx() -> Any:
             "ONNX export needs the onnx package: install fedmq[aggregator]",
         ) from exc
     return onnx
-
-
-def _weights_sha256(arch: Arch, weights: Mapping[str, np.ndarray]) -> str:
-    # Must equal fedmq.wire.weights_sha256: SHA-256 over the concatenation, in
-    # arch.param_shapes() order, of each tensor as C-contiguous little-endian float32.
-    h = hashlib.sha256()
-    for name in arch.param_shapes():
-        h.update(np.ascontiguousarray(weights[name], dtype="<f4").tobytes())
-    return h.hexdigest()
 
 
 def _build_graph(onnx: Any, arch: Arch, weights: Mapping[str, np.ndarray]) -> onnx.GraphProto:
@@ -95,18 +86,19 @@ def to_onnx(
     weights: Mapping[str, np.ndarray],
     *,
     model_version: int,
-    sha256: str | None = None,
+    digest: str | None = None,
 ) -> bytes:
     """Serialized ONNX model (opset ``OPSET``, IR ``IR_VERSION``) computing ``forward``.
 
-    Metadata: ``fedmq_version``, ``model_version``, ``sha256`` of the weights (computed
-    when not given) and ``arch`` (JSON). Raises ModelError ``bad_weights`` when the
-    weights do not fit ``arch``, ``missing_dependency`` when onnx is not installed.
+    Metadata: ``fedmq_version``, ``model_version``, ``digest`` (the model digest of
+    docs/wire.md 3.2 over the float32 weights; computed when not given) and ``arch``
+    (JSON). Raises ModelError ``bad_weights`` when the weights do not fit ``arch``,
+    ``missing_dependency`` when onnx is not installed.
     """
     check_weights(arch, weights)
     onnx = _import_onnx()
-    if sha256 is None:
-        sha256 = _weights_sha256(arch, weights)
+    if digest is None:
+        digest = weights_digest(arch, {n: np.asarray(w, np.float32) for n, w in weights.items()})
     graph = _build_graph(onnx, arch, weights)
     model = onnx.helper.make_model(
         graph,
@@ -120,7 +112,7 @@ def to_onnx(
         {
             "fedmq_version": __version__,
             "model_version": str(int(model_version)),
-            "sha256": sha256,
+            "digest": digest,
             "arch": json.dumps(arch.to_dict()),
         },
     )

@@ -1,185 +1,68 @@
 """Wire format v1: every payload fedmq puts on MQTT, except the raw ONNX bytes.
 
-A payload is one msgpack map with ``"v": 1`` and a ``"kind"``. Tensors are msgpack
-ext type 1: dtype code (u8), ndim (u8), shape (ndim x u32 LE), raw LE data. The
-byte-level specification is ``docs/wire.md``; this module is its only implementation.
+A payload is one msgpack map with ``"v": 1`` and a ``"kind"``; tensors are msgpack ext
+type 1. The byte-level specification is ``docs/wire.md``; its only implementation is
+this module (the messages), ``fedmq.fields`` (parsing and the per-field checks) and
+``fedmq.tensors`` (tensor bytes, q8, the model digest).
 
 Decoding is defensive because the bytes come from the network: the size limit is
-checked before parsing, msgpack's own length limits stop size bombs, every field is
-type- and range-checked, and any failure is a ``WireError`` with a stable reason.
+checked before parsing, msgpack's own length limits stop size bombs, duplicate keys
+and bin are refused while parsing, every field is type- and range-checked, and any
+failure is a ``WireError`` with a reason listed in docs/wire.md section 5.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-import struct
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
 import numpy as np
 
-from fedmq.errors import ModelError, WireError
+from fedmq.errors import WireError
+from fedmq.fields import (
+    Check,
+    as_arch,
+    as_device,
+    as_float,
+    as_hex,
+    as_hyper,
+    as_int,
+    as_map,
+    as_scalar,
+    as_str,
+    as_tensors,
+    as_time,
+    check_against,
+    check_finite,
+    optional,
+    parse_msgpack,
+)
 from fedmq.model import Arch
+from fedmq.tensors import (
+    Tensors,
+    check_q8_scale,
+    dequantize_q8,
+    encode_tensor,
+    quantize_q8,
+    weights_digest,
+)
 from fedmq.training import Hyper
 
 VERSION = 1
-TENSOR_EXT = 1
 MAX_BYTES = 8 * 1024 * 1024
-MAX_NDIM = 8
-MAX_STR = 4096
-MAX_ITEMS = 4096
+RUN_HEX = 16
 
-DTYPES: dict[int, np.dtype] = {
-    1: np.dtype("<f4"),
-    2: np.dtype("<f2"),
-    3: np.dtype("i1"),
-    4: np.dtype("u1"),
-    5: np.dtype("<i4"),
-}
-_CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 ENCODINGS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "q8": np.dtype("i1")}
 DEVICE_STATES = ("online", "training", "idle", "offline")
 AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 
-Tensors = dict[str, np.ndarray]
 
-
-# -- tensors ----------------------------------------------------------------------------
-
-
-def encode_tensor(arr: np.ndarray) -> msgpack.ExtType:
-    """Pack one array as ext type 1 (little-endian, C order)."""
-    arr = np.asarray(arr)
-    code = _CODES.get(arr.dtype.newbyteorder("="))
-    if code is None:
-        raise WireError("bad_dtype", f"dtype {arr.dtype} cannot go on the wire")
-    if arr.ndim > MAX_NDIM:
-        raise WireError("bad_shape", f"at most {MAX_NDIM} dimensions, got {arr.ndim}")
-    header = struct.pack(f"<BB{arr.ndim}I", code, arr.ndim, *arr.shape)
-    data = np.ascontiguousarray(arr, dtype=DTYPES[code]).tobytes()
-    return msgpack.ExtType(TENSOR_EXT, header + data)
-
-
-def decode_tensor(ext: object, where: str) -> np.ndarray:
-    """Unpack ext type 1 without copying the data (the result is read-only)."""
-    if not isinstance(ext, msgpack.ExtType):
-        raise WireError("bad_type", f"{where} must be a tensor (msgpack ext type 1)")
-    if ext.code != TENSOR_EXT:
-        raise WireError("bad_ext", f"{where}: ext type {ext.code}, expected {TENSOR_EXT}")
-    data = ext.data
-    if len(data) < 2:
-        raise WireError("bad_tensor", f"{where}: tensor header truncated")
-    code, ndim = data[0], data[1]
-    dtype = DTYPES.get(code)
-    if dtype is None:
-        raise WireError("bad_dtype", f"{where}: unknown dtype code {code}")
-    if ndim > MAX_NDIM:
-        raise WireError("bad_tensor", f"{where}: {ndim} dimensions, at most {MAX_NDIM}")
-    offset = 2 + 4 * ndim
-    if len(data) < offset:
-        raise WireError("bad_tensor", f"{where}: tensor shape truncated")
-    shape = struct.unpack_from(f"<{ndim}I", data, 2)
-    count = math.prod(shape)
-    if len(data) - offset != count * dtype.itemsize:
-        raise WireError(
-            "bad_tensor",
-            f"{where}: shape {shape} needs {count * dtype.itemsize} data bytes, "
-            f"got {len(data) - offset}",
-        )
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
-def weights_sha256(weights: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of the weights' float32 little-endian bytes, concatenated in mapping order."""
-    h = hashlib.sha256()
-    for arr in weights.values():
-        h.update(np.ascontiguousarray(arr, dtype="<f4").tobytes())
-    return h.hexdigest()
-
-
-# -- field checks ------------------------------------------------------------------------
-
-Check = Callable[[Any, str], Any]
-
-
-def _int(lo: int | None = None, hi: int | None = None) -> Check:
-    def check(value: Any, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise WireError("bad_type", f"{name} must be an integer")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise WireError("bad_value", f"{name}={value} is outside [{lo}, {hi}]")
-        return value
-
-    return check
-
-
-def _float(lo: float | None = None) -> Check:
-    def check(value: Any, name: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise WireError("bad_type", f"{name} must be a number")
-        value = float(value)
-        if not math.isfinite(value):
-            raise WireError("non_finite", f"{name} is not finite")
-        if lo is not None and value < lo:
-            raise WireError("bad_value", f"{name}={value} is below {lo}")
-        return value
-
-    return check
-
-
-def _str(choices: tuple[str, ...] | None = None, max_len: int = 256) -> Check:
-    def check(value: Any, name: str) -> str:
-        if not isinstance(value, str):
-            raise WireError("bad_type", f"{name} must be a string")
-        if len(value) > max_len:
-            raise WireError("bad_value", f"{name} is longer than {max_len} characters")
-        if choices is not None and value not in choices:
-            raise WireError("bad_value", f"{name}={value!r} is not one of {choices}")
-        return value
-
-    return check
-
-
-def _optional(inner: Check) -> Check:
-    def check(value: Any, name: str) -> Any:
-        return None if value is None else inner(value, name)
-
-    return check
-
-
-def _map(value_check: Check, max_items: int = 256) -> Check:
-    def check(value: Any, name: str) -> dict[str, Any]:
-        if not isinstance(value, dict):
-            raise WireError("bad_type", f"{name} must be a map")
-        if len(value) > max_items:
-            raise WireError("bad_value", f"{name} has more than {max_items} entries")
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or not 0 < len(key) <= 128:
-                raise WireError("bad_type", f"{name} keys must be strings of 1..128 characters")
-            out[key] = value_check(item, f"{name}.{key}")
-        return out
-
-    return check
-
-
-def _scalar(value: Any, name: str) -> Any:
-    if value is None or isinstance(value, bool | str):
-        return _str(max_len=256)(value, name) if isinstance(value, str) else value
-    if isinstance(value, int):
-        return value
-    return _float()(value, name)
-
-
-def _tensors(value: Any, name: str) -> Tensors:
-    return _map(lambda v, n: decode_tensor(v, n))(value, name)
-
-
-_device = _str(max_len=64)
-_time = _float(lo=0.0)
+def new_run() -> str:
+    """A fresh random run id (``RUN_HEX`` lowercase hex digits) for a new federation."""
+    return secrets.token_hex(RUN_HEX // 2)
 
 
 # -- messages ----------------------------------------------------------------------------
@@ -202,9 +85,10 @@ class Message:
 
     @classmethod
     def decode(cls: type[M], data: bytes, *, max_bytes: int = MAX_BYTES, **context: Any) -> M:
-        body = _unpack(data, max_bytes)
-        if body.get("v") != VERSION:
-            raise WireError("bad_version", f"wire version {body.get('v')!r}, expected {VERSION}")
+        return cls._from_body(_unpack(data, max_bytes), **context)
+
+    @classmethod
+    def _from_body(cls: type[M], body: dict[str, Any], **context: Any) -> M:
         if body.get("kind") != cls.KIND:
             raise WireError("bad_kind", f"kind {body.get('kind')!r}, expected {cls.KIND!r}")
         unknown = set(body) - set(cls.FIELDS) - {"v", "kind"}
@@ -230,46 +114,15 @@ def _default(obj: object) -> object:
     raise TypeError(f"cannot encode {type(obj).__name__}")
 
 
-def _unpack(data: bytes, max_bytes: int) -> dict[Any, Any]:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise WireError("bad_type", "a payload must be bytes")
-    if len(data) > max_bytes:
-        raise WireError("too_large", f"payload of {len(data)} bytes exceeds {max_bytes}")
-    try:
-        body = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            max_str_len=MAX_STR,
-            max_bin_len=0,
-            max_array_len=MAX_ITEMS,
-            max_map_len=MAX_ITEMS,
-            max_ext_len=max_bytes,
-        )
-    except Exception as exc:  # msgpack raises many types for bad bytes; all mean the same
-        raise WireError("malformed", f"not a msgpack payload: {type(exc).__name__}") from None
+def _unpack(data: bytes, max_bytes: int) -> dict[str, Any]:
+    """Parse the envelope: size, msgpack, a map, ``v`` as a strict int 1."""
+    body = parse_msgpack(data, max_bytes)
     if not isinstance(body, dict):
         raise WireError("not_a_map", "a payload must be a msgpack map")
+    v = body.get("v")
+    if type(v) is not int or v != VERSION:  # not True, not 1.0
+        raise WireError("bad_version", f"wire version {v!r}, expected the int {VERSION}")
     return body
-
-
-def _check_against(tensors: Tensors, shapes: Mapping[str, tuple[int, ...]], what: str) -> None:
-    if list(tensors) != list(shapes):
-        raise WireError(
-            "bad_shape", f"{what} names {list(tensors)} do not match the model {list(shapes)}"
-        )
-    for name, shape in shapes.items():
-        if tensors[name].shape != tuple(shape):
-            raise WireError(
-                "bad_shape",
-                f"{what} {name} has shape {tensors[name].shape}, the model needs {tuple(shape)}",
-            )
-
-
-def _check_finite(tensors: Tensors, what: str) -> None:
-    for name, arr in tensors.items():
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise WireError("non_finite", f"{what} {name} holds NaN or infinity")
 
 
 @dataclass
@@ -294,17 +147,17 @@ class Update(Message):
 
     KIND: ClassVar[str] = "update"
     FIELDS: ClassVar[dict[str, Check]] = {
-        "device": _device,
-        "seq": _int(0, 2**63 - 1),
-        "base_version": _int(0, 2**63 - 1),
-        "num_samples": _int(1, 2**31 - 1),
-        "steps": _int(0, 2**31 - 1),
-        "loss": _optional(_float()),
-        "encoding": _str(tuple(ENCODINGS)),
-        "delta": _tensors,
-        "metrics": _map(_float(), max_items=64),
-        "sent_at": _time,
-        "scales": _map(_float(lo=0.0)),
+        "device": as_device,
+        "seq": as_int(0, 2**63 - 1),
+        "base_version": as_int(0, 2**63 - 1),
+        "num_samples": as_int(1, 2**31 - 1),
+        "steps": as_int(0, 2**31 - 1),
+        "loss": optional(as_float()),
+        "encoding": as_str(tuple(ENCODINGS)),
+        "delta": as_tensors,
+        "metrics": as_map(as_float(), max_items=64),
+        "sent_at": as_time,
+        "scales": as_map(as_float(lo=0.0)),
     }
 
     @classmethod
@@ -319,12 +172,7 @@ class Update(Message):
             if not np.isfinite(arr).all():
                 raise WireError("non_finite", f"delta {name} holds NaN or infinity")
             if encoding == "q8":
-                peak = float(np.abs(arr).max(initial=0.0))
-                scale = peak / 127.0 if peak > 0 else 1.0
-                # float64: a subnormal peak gives a scale that would be 0 in float32.
-                q = np.rint(arr.astype(np.float64) / scale)
-                tensors[name] = np.clip(q, -127, 127).astype(np.int8)
-                scales[name] = scale
+                tensors[name], scales[name] = quantize_q8(arr)
             else:
                 tensors[name] = arr.astype(ENCODINGS[encoding])
                 if not np.isfinite(tensors[name]).all():
@@ -332,11 +180,9 @@ class Update(Message):
         return cls(encoding=encoding, delta=tensors, scales=scales, **fields)
 
     def dense_delta(self) -> Tensors:
-        """The delta as float32 arrays (dequantised for q8)."""
+        """The delta as float32 arrays (q8: float32(q) x float32(scale), docs/wire.md 3.1)."""
         if self.encoding == "q8":
-            return {
-                n: a.astype(np.float32) * np.float32(self.scales[n]) for n, a in self.delta.items()
-            }
+            return {n: dequantize_q8(a, self.scales[n]) for n, a in self.delta.items()}
         return {n: a.astype(np.float32) for n, a in self.delta.items()}
 
     @classmethod
@@ -353,80 +199,42 @@ class Update(Message):
                 )
         if update.encoding == "q8":
             if set(update.scales) != set(update.delta):
-                raise WireError("missing_field", "q8 needs exactly one scale per delta tensor")
-            if any(s <= 0 for s in update.scales.values()):
-                raise WireError("bad_value", "q8 scales must be positive")
+                raise WireError("bad_value", "q8 needs exactly one scale per delta tensor")
+            for name, scale in update.scales.items():
+                check_q8_scale(scale, f"scales.{name}")
         elif update.scales:
             raise WireError("bad_value", f"encoding {update.encoding} carries no scales")
         if shapes is not None:
-            _check_against(update.delta, shapes, "delta")
-        _check_finite(update.delta, "delta")
+            check_against(update.delta, shapes, "delta")
+        check_finite(update.delta, "delta")
         return update
-
-
-def _arch(value: Any, name: str) -> Arch:
-    if not isinstance(value, dict) or set(value) != {"kind", "layers", "activation"}:
-        raise WireError("bad_type", f"{name} must be a map of kind, layers, activation")
-    layers = value["layers"]
-    if not isinstance(layers, list) or not all(
-        isinstance(w, int) and not isinstance(w, bool) for w in layers
-    ):
-        raise WireError("bad_type", f"{name}.layers must be a list of integers")
-    try:
-        return Arch(
-            _str()(value["kind"], "kind"), tuple(layers), _str()(value["activation"], "act")
-        )
-    except ModelError as exc:
-        raise WireError("bad_value", f"{name}: {exc.message}") from None
-
-
-_HYPER_FIELDS = {"lr": float, "epochs": int, "batch": int, "mu": float, "clip": float}
-
-
-def _hyper(value: Any, name: str) -> Hyper:
-    if not isinstance(value, dict) or not set(_HYPER_FIELDS) <= set(value) <= {
-        *_HYPER_FIELDS,
-        "noise",
-    }:
-        raise WireError("bad_type", f"{name} must be a map of {', '.join(_HYPER_FIELDS)} [noise]")
-    args = {}
-    for key, item in value.items():
-        if _HYPER_FIELDS.get(key) is int:
-            args[key] = _int()(item, f"{name}.{key}")
-        else:
-            args[key] = _float()(item, f"{name}.{key}")
-    try:
-        return Hyper(**args)
-    except ModelError as exc:
-        raise WireError("bad_value", f"{name}: {exc.message}") from None
-
-
-def _sha(value: Any, name: str) -> str:
-    value = _str(max_len=64)(value, name)
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise WireError("bad_value", f"{name} must be 64 lowercase hex digits")
-    return value
 
 
 @dataclass
 class GlobalModel(Message):
-    """The global model at ``version``; ``sha256`` covers the weights (``weights_sha256``)."""
+    """The global model at ``version`` of federation ``run``.
 
+    ``digest`` is ``weights_digest(arch, weights)``: it covers the arch, the parameter
+    names, shapes, dtypes and data (docs/wire.md 3.2).
+    """
+
+    run: str
     version: int
     arch: Arch
     weights: Tensors
-    sha256: str
+    digest: str
     hyper: Hyper
     created_at: float
 
     KIND: ClassVar[str] = "global_model"
     FIELDS: ClassVar[dict[str, Check]] = {
-        "version": _int(0, 2**63 - 1),
-        "arch": _arch,
-        "weights": _tensors,
-        "sha256": _sha,
-        "hyper": _hyper,
-        "created_at": _time,
+        "run": as_hex(RUN_HEX),
+        "version": as_int(0, 2**63 - 1),
+        "arch": as_arch,
+        "weights": as_tensors,
+        "digest": as_hex(64),
+        "hyper": as_hyper,
+        "created_at": as_time,
     }
 
     @classmethod
@@ -437,14 +245,17 @@ class GlobalModel(Message):
         weights: Mapping[str, np.ndarray],
         hyper: Hyper,
         *,
+        run: str,
         created_at: float = 0.0,
     ) -> GlobalModel:
+        run = as_hex(RUN_HEX)(run, "run")
         ordered = {
             name: np.asarray(weights[name], dtype=np.float32) for name in arch.param_shapes()
         }
-        _check_against(ordered, arch.param_shapes(), "weights")
-        _check_finite(ordered, "weights")
-        return cls(version, arch, ordered, weights_sha256(ordered), hyper, created_at)
+        check_against(ordered, arch.param_shapes(), "weights")
+        check_finite(ordered, "weights")
+        digest = weights_digest(arch, ordered)
+        return cls(run, version, arch, ordered, digest, hyper, created_at)
 
     def to_map(self) -> dict[str, Any]:
         out = super().to_map()
@@ -461,10 +272,10 @@ class GlobalModel(Message):
         for name, arr in model.weights.items():
             if arr.dtype != np.float32:
                 raise WireError("bad_dtype", f"weights {name} is {arr.dtype}, must be float32")
-        _check_against(model.weights, model.arch.param_shapes(), "weights")
-        _check_finite(model.weights, "weights")
-        if weights_sha256(model.weights) != model.sha256:
-            raise WireError("bad_checksum", "the weights do not match their sha256")
+        check_against(model.weights, model.arch.param_shapes(), "weights")
+        check_finite(model.weights, "weights")
+        if weights_digest(model.arch, model.weights) != model.digest:
+            raise WireError("bad_digest", "the arch and weights do not match their digest")
         return model
 
 
@@ -485,16 +296,16 @@ class DeviceStatus(Message):
 
     KIND: ClassVar[str] = "device_status"
     FIELDS: ClassVar[dict[str, Check]] = {
-        "device": _device,
-        "state": _str(DEVICE_STATES),
-        "agent_version": _str(max_len=64),
-        "model_version": _int(-1, 2**63 - 1),
-        "samples": _int(0, 2**63 - 1),
-        "last_seq": _int(-1, 2**63 - 1),
-        "last_loss": _optional(_float()),
-        "cpu": _optional(_float(lo=0.0)),
-        "rss": _optional(_int(0, 2**63 - 1)),
-        "at": _time,
+        "device": as_device,
+        "state": as_str(DEVICE_STATES),
+        "agent_version": as_str(max_len=64),
+        "model_version": as_int(-1, 2**63 - 1),
+        "samples": as_int(0, 2**63 - 1),
+        "last_seq": as_int(-1, 2**63 - 1),
+        "last_loss": optional(as_float()),
+        "cpu": optional(as_float(lo=0.0)),
+        "rss": optional(as_int(0, 2**63 - 1)),
+        "at": as_time,
     }
 
 
@@ -515,16 +326,16 @@ class AggregatorStatus(Message):
 
     KIND: ClassVar[str] = "aggregator_status"
     FIELDS: ClassVar[dict[str, Check]] = {
-        "state": _str(AGGREGATOR_STATES),
-        "strategy": _str(max_len=64),
-        "params": _map(_scalar, max_items=64),
-        "version": _int(0, 2**63 - 1),
-        "accepted": _int(0, 2**63 - 1),
-        "rejected": _map(_int(0, 2**63 - 1)),
-        "last_accuracy": _optional(_float()),
-        "last_loss": _optional(_float()),
-        "started_at": _time,
-        "at": _time,
+        "state": as_str(AGGREGATOR_STATES),
+        "strategy": as_str(max_len=64),
+        "params": as_map(as_scalar, max_items=64),
+        "version": as_int(0, 2**63 - 1),
+        "accepted": as_int(0, 2**63 - 1),
+        "rejected": as_map(as_int(0, 2**63 - 1)),
+        "last_accuracy": optional(as_float()),
+        "last_loss": optional(as_float()),
+        "started_at": as_time,
+        "at": as_time,
     }
 
 
@@ -543,14 +354,14 @@ class DeviceLedger(Message):
 
     KIND: ClassVar[str] = "device_ledger"
     FIELDS: ClassVar[dict[str, Check]] = {
-        "device": _device,
-        "accepted": _int(0, 2**63 - 1),
-        "rejected": _map(_int(0, 2**63 - 1)),
-        "last_seq": _int(-1, 2**63 - 1),
-        "last_staleness": _optional(_int(0, 2**63 - 1)),
-        "samples": _int(0, 2**63 - 1),
-        "first_seen": _time,
-        "last_seen": _time,
+        "device": as_device,
+        "accepted": as_int(0, 2**63 - 1),
+        "rejected": as_map(as_int(0, 2**63 - 1)),
+        "last_seq": as_int(-1, 2**63 - 1),
+        "last_staleness": optional(as_int(0, 2**63 - 1)),
+        "samples": as_int(0, 2**63 - 1),
+        "first_seen": as_time,
+        "last_seen": as_time,
     }
 
 
@@ -561,8 +372,9 @@ MESSAGES: dict[str, type[Message]] = {
 
 def decode_any(data: bytes, *, max_bytes: int = MAX_BYTES) -> Message:
     """Decode a payload of any kind (for inspection tools)."""
-    kind = _unpack(data, max_bytes).get("kind")
+    body = _unpack(data, max_bytes)
+    kind = body.get("kind")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise WireError("bad_kind", f"unknown kind {kind!r}")
-    return cls.decode(data, max_bytes=max_bytes)
+    return cls._from_body(body)

@@ -19,7 +19,7 @@ from fedmq.config import BrokerConfig
 from fedmq.model import Arch, init_weights
 from fedmq.topics import Topics
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, DeviceLedger, GlobalModel, Update
+from fedmq.wire import AggregatorStatus, DeviceLedger, GlobalModel, Update, weights_digest
 from tools.sim.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.broker
@@ -94,7 +94,7 @@ async def test_a_late_device_gets_the_retained_model_within_a_second(mosquitto, 
     assert model.version == 0 and model.arch == ARCH
     assert took < 1.0, f"late join took {took:.3f}s"
     meta = {p.key: p.value for p in exported.metadata_props}
-    assert meta["model_version"] == "0" and meta["sha256"] == model.sha256
+    assert meta["model_version"] == "0" and meta["digest"] == model.digest
 
 
 async def test_bad_updates_are_counted_by_reason_and_change_nothing(mosquitto, fleet, tmp_path):
@@ -103,7 +103,7 @@ async def test_bad_updates_are_counted_by_reason_and_change_nothing(mosquitto, f
     stop = asyncio.Event()
     task = asyncio.create_task(agg.run(stop))
     await asyncio.wait_for(agg.wait_for_version(0), 15)
-    before = GlobalModel.build(0, ARCH, agg.strategy.weights, Hyper()).sha256
+    before = weights_digest(ARCH, agg.strategy.weights)
     good = init_weights(ARCH, 5)
     fields = dict(base_version=0, num_samples=10, steps=1, loss=0.1)
     sends = {
@@ -137,7 +137,7 @@ async def test_bad_updates_are_counted_by_reason_and_change_nothing(mosquitto, f
     await task
     assert status.rejected == dict.fromkeys(sends, 1)
     assert status.accepted == 0 and agg.strategy.version == 0
-    after = GlobalModel.build(0, ARCH, agg.strategy.weights, Hyper()).sha256
+    after = weights_digest(ARCH, agg.strategy.weights)
     assert after == before
     assert agg.counters.ledger("a").rejected == {
         "malformed": 1,

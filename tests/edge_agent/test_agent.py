@@ -27,6 +27,7 @@ from fedmq.wire import DeviceStatus, GlobalModel, Update
 
 pytestmark = pytest.mark.broker
 ARCH = Arch("mlp", (4, 8, 3))
+RUN = "0123456789abcdef"
 
 
 def _data(n: int = 60, seed: int = 0) -> Dataset:
@@ -37,7 +38,9 @@ def _data(n: int = 60, seed: int = 0) -> Dataset:
 
 def _model(version: int, created_at: float = 1.0) -> bytes:
     weights = init_weights(ARCH, version)
-    return GlobalModel.build(version, ARCH, weights, Hyper(), created_at=created_at).encode()
+    return GlobalModel.build(
+        version, ARCH, weights, Hyper(), run=RUN, created_at=created_at
+    ).encode()
 
 
 @asynccontextmanager
@@ -112,7 +115,7 @@ async def test_a_restarted_agent_continues_its_seq(mosquitto, fleet, tmp_path):
 async def test_a_model_for_other_features_is_ignored_not_fatal(mosquitto, fleet, tmp_path):
     topics = Topics(fleet)
     other = Arch("mlp", (5, 3))
-    wrong = GlobalModel.build(1, other, init_weights(other, 0), Hyper()).encode()
+    wrong = GlobalModel.build(1, other, init_weights(other, 0), Hyper(), run=RUN).encode()
     async with _client(mosquitto.url, topics.updates_filter) as observer:
         stop = asyncio.Event()
         agent = _agent(mosquitto.url, fleet, tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +17,8 @@ from fedmq._version import __version__
 from fedmq.errors import ModelError
 from fedmq.model import Arch, init_weights
 from fedmq.onnx_export import IR_VERSION, OPSET, to_onnx, write_onnx
+from fedmq.training import Hyper
+from fedmq.wire import GlobalModel, weights_digest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -147,35 +148,34 @@ def test_metadata():
     arch = PARITY_ARCHS["mlp-tanh-3-hidden"]
     weights = _weights(arch, 5)
     meta = _metadata(to_onnx(arch, weights, model_version=42))
-    assert set(meta) == {"fedmq_version", "model_version", "sha256", "arch"}
+    assert set(meta) == {"fedmq_version", "model_version", "digest", "arch"}
     assert meta["fedmq_version"] == __version__
     assert meta["model_version"] == "42"
     assert Arch(**json.loads(meta["arch"])) == arch
     assert json.loads(meta["arch"]) == arch.to_dict()
-    expected = hashlib.sha256(
-        b"".join(weights[k].astype("<f4").tobytes() for k in arch.param_shapes())
-    ).hexdigest()
-    assert meta["sha256"] == expected
+    # The very digest a GlobalModel of these weights carries on the wire.
+    model = GlobalModel.build(42, arch, weights, Hyper(), run="0" * 16)
+    assert meta["digest"] == model.digest
 
-    # A given sha256 is recorded as is.
-    given_sha = "ab" * 32
-    assert _metadata(to_onnx(arch, weights, model_version=1, sha256=given_sha))["sha256"] == (
-        given_sha
-    )
+    # A given digest is recorded as is.
+    given = "ab" * 32
+    assert _metadata(to_onnx(arch, weights, model_version=1, digest=given))["digest"] == given
 
 
-def test_sha256_is_canonical_and_matches_wire():
-    wire = pytest.importorskip("fedmq.wire")
+def test_digest_is_canonical_and_matches_wire():
     arch = PARITY_ARCHS["mlp-64-32-10-relu"]
     weights = _weights(arch, 6)
     shuffled = {k: weights[k] for k in reversed(list(weights))}  # mapping order is irrelevant
-    float64 = {k: v.astype(np.float64) for k, v in weights.items()}  # hashed as float32
+    float64 = {k: v.astype(np.float64) for k, v in weights.items()}  # exported as float32
     digests = {
-        _metadata(to_onnx(arch, w, model_version=1))["sha256"] for w in (weights, shuffled, float64)
+        _metadata(to_onnx(arch, w, model_version=1))["digest"] for w in (weights, shuffled, float64)
     }
-    assert digests == {wire.weights_sha256(weights)}
+    assert digests == {weights_digest(arch, weights)}
     changed = dict(weights, b1=weights["b1"] + np.float32(1))
-    assert _metadata(to_onnx(arch, changed, model_version=1))["sha256"] not in digests
+    assert _metadata(to_onnx(arch, changed, model_version=1))["digest"] not in digests
+    # The digest covers the arch too: same weights, another activation.
+    tanh = Arch(arch.kind, arch.layers, "tanh")
+    assert _metadata(to_onnx(tanh, weights, model_version=1))["digest"] not in digests
 
 
 def _wrong_shape(arch, w):
