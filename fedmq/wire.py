@@ -31,6 +31,7 @@ MAX_BYTES = 8 * 1024 * 1024
 MAX_NDIM = 8
 MAX_STR = 4096
 MAX_ITEMS = 4096
+MAX_STATUS_MESSAGE = 256
 
 DTYPES: dict[int, np.dtype] = {
     1: np.dtype("<f4"),
@@ -41,7 +42,7 @@ DTYPES: dict[int, np.dtype] = {
 }
 _CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 ENCODINGS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "q8": np.dtype("i1")}
-DEVICE_STATES = ("online", "training", "idle", "offline")
+DEVICE_STATES = ("online", "training", "idle", "offline", "error")
 AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 
 Tensors = dict[str, np.ndarray]
@@ -192,9 +193,16 @@ class Message:
 
     KIND: ClassVar[str]
     FIELDS: ClassVar[dict[str, Check]]
+    # Fields added compatibly within v1: absent means None, and None is not written, so
+    # a payload without them is byte for byte what an older encoder wrote.
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def to_map(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        return {
+            name: getattr(self, name)
+            for name in self.FIELDS
+            if name not in self.OPTIONAL or getattr(self, name) is not None
+        }
 
     def encode(self) -> bytes:
         body = {"v": VERSION, "kind": self.KIND, **self.to_map()}
@@ -212,9 +220,12 @@ class Message:
             raise WireError("unknown_field", f"unknown field(s) {sorted(map(str, unknown))}")
         values = {}
         for name, check in cls.FIELDS.items():
-            if name not in body:
+            if name in body:
+                values[name] = check(body[name], name)
+            elif name in cls.OPTIONAL:
+                values[name] = None
+            else:
                 raise WireError("missing_field", f"{cls.KIND} needs field {name!r}")
-            values[name] = check(body[name], name)
         return cls._build(values, **context)
 
     @classmethod
@@ -470,7 +481,10 @@ class GlobalModel(Message):
 
 @dataclass
 class DeviceStatus(Message):
-    """A device's retained status; its last will carries ``state="offline"``."""
+    """A device's retained status; its last will carries ``state="offline"``.
+
+    In state ``error``, ``reason`` is a stable code and ``message`` one line for people.
+    """
 
     device: str
     state: str
@@ -482,6 +496,8 @@ class DeviceStatus(Message):
     cpu: float | None
     rss: int | None
     at: float
+    reason: str | None = None
+    message: str | None = None
 
     KIND: ClassVar[str] = "device_status"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -495,7 +511,10 @@ class DeviceStatus(Message):
         "cpu": _optional(_float(lo=0.0)),
         "rss": _optional(_int(0, 2**63 - 1)),
         "at": _time,
+        "reason": _optional(_str(max_len=64)),
+        "message": _optional(_str(max_len=MAX_STATUS_MESSAGE)),
     }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"reason", "message"})
 
 
 @dataclass
