@@ -23,6 +23,9 @@ FIELDS: dict[str, type] = {
     "keepalive": int,
     "compute_delay": float,
     "seed": int,
+    "max_epochs": int,
+    "max_batch": int,
+    "max_train_seconds": float,
 }
 ENCODINGS = ("f32", "f16", "q8")
 
@@ -43,6 +46,11 @@ class AgentConfig:
     backoff_cap: float = 30.0
     compute_delay: float = 0.0  # extra seconds per run; the demo's simulated slow devices
     seed: int | None = None
+    # Local limits on what a received model may ask of this device; beyond them the
+    # agent refuses the model (status error, hyper_limit / train_timeout).
+    max_epochs: int = 50
+    max_batch: int = 1024
+    max_train_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         validate_device_id(self.device)
@@ -55,6 +63,10 @@ class AgentConfig:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
         if self.compute_delay < 0:
             raise ConfigError("bad_setting", "compute_delay must be >= 0")
+        if self.max_epochs < 1 or self.max_batch < 1:
+            raise ConfigError("bad_setting", "max_epochs and max_batch must be >= 1")
+        if not 0 < self.max_train_seconds < float("inf"):
+            raise ConfigError("bad_setting", "max_train_seconds must be a positive number")
 
 
 def load_agent_config(
