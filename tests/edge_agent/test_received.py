@@ -63,9 +63,9 @@ async def _until_cpu_busy(pid: int, seconds: float, timeout: float = 30.0) -> No
 
 @pytest.mark.parametrize("reason", sorted(BAD))
 async def test_a_bad_retained_model_is_an_error_status_then_a_good_one_trains(
-    mosquitto_session, fleet, tmp_path, reason
+    broker, fleet, tmp_path, reason
 ):
-    url, topics = mosquitto_session.url, Topics(fleet)
+    url, topics = broker.url, Topics(fleet)
     status = topics.device_status("pi-1")
     async with h.client(url, topics.updates_filter, status) as observer:
         await observer.publish(topics.model_global, BAD[reason](5), qos=1, retain=True)
