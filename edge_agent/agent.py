@@ -6,6 +6,12 @@ it and the compute is spent; the agent then trains on the newest version it hold
 skipping any in between. The same version republished later (a restarted aggregator)
 counts as new: the agent trains on it again. At most one update is in flight: the next
 run starts only after the broker acknowledged (QoS 1 PUBACK) the previous update.
+
+Nothing received can stop the agent: a model that fails ``edge_agent.checks``, or a
+run that fails (non-finite result, over ``max_train_seconds``), puts the retained status
+in state ``error`` with a reason; the agent keeps its last good model and trains again
+when a new one arrives. Training runs in a worker thread that checks a stop flag between
+mini-batches, so SIGTERM ends it at once.
 """
 
 from __future__ import annotations
@@ -13,19 +19,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from dataclasses import dataclass
 
 import aiomqtt
 import numpy as np
 
+from edge_agent.checks import (
+    Limits,
+    check_result,
+    follows,
+    one_line,
+    read_ledger,
+    read_model,
+    stamp,
+)
 from edge_agent.config import AgentConfig
 from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.data import Dataset
-from fedmq.errors import FedmqError, WireError
+from fedmq.errors import FedmqError
 from fedmq.identity import client_id
 from fedmq.model import Weights
 from fedmq.topics import Topics
@@ -45,16 +61,6 @@ class AgentStats:
     models_received: int = 0
     bad_models: int = 0
     connects: int = 0
-
-
-def _stamp(model: GlobalModel) -> tuple[int, float]:
-    """Order of models: by version, then by publish time.
-
-    An aggregator that restarts republishes its current version with a new
-    ``created_at``; an update sent while it was away may be lost, so that republish is
-    also a prompt to train again rather than wait for a version that may never come.
-    """
-    return (model.version, model.created_at)
 
 
 class Backoff:
@@ -86,9 +92,12 @@ class Agent:
         self._trained: tuple[int, float] = (-1, 0.0)  # (version, created_at) last trained on
         self._last_loss: float | None = None
         self._state = "online"
+        self._error: tuple[str, str] | None = None  # (reason, message) of the last refusal
+        self.limits = Limits(cfg.max_epochs, cfg.max_batch)
         self.connected = asyncio.Event()
 
     def _status(self, state: str) -> DeviceStatus:
+        reason, message = self._error if state == "error" and self._error else (None, None)
         return DeviceStatus(
             device=self.cfg.device,
             state=state,
@@ -100,7 +109,14 @@ class Agent:
             cpu=self.meter.cpu_percent(),
             rss=self.meter.rss_bytes(),
             at=time.time(),
+            reason=reason,
+            message=message,
         )
+
+    @property
+    def _resting(self) -> str:
+        """The state between runs: ``error`` until a good model clears the last refusal."""
+        return "error" if self._error else "idle"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set: connect, reconnect with backoff, then go offline."""
@@ -134,7 +150,10 @@ class Agent:
             timeout=self.cfg.timeout,
         ) as client:
             self.stats.connects += 1
-            await self._publish_status(client, "online")
+            await self._publish_status(client, "error" if self._error else "online")
+            # The ledger first: its retained seq then arrives before the retained model,
+            # so a lost state file is resynced before the first update is numbered.
+            await client.subscribe(self.topics.aggregator_device(self.cfg.device), qos=1)
             await client.subscribe(self.topics.model_global, qos=1)
             self.connected.set()
             log.info("device %s connected to %s", self.cfg.device, self.cfg.broker.url)
@@ -163,47 +182,104 @@ class Agent:
             if not isinstance(payload, bytes | bytearray):
                 continue
             self.stats.bytes_down += len(payload)
-            try:
-                model = GlobalModel.decode(bytes(payload))
-                if model.arch.n_inputs != self.data.x.shape[1]:
-                    raise WireError(
-                        "bad_shape",
-                        f"model expects {model.arch.n_inputs} features, "
-                        f"the data has {self.data.x.shape[1]}",
-                    )
-            except FedmqError as exc:
-                self.stats.bad_models += 1
-                log.warning("ignoring a global model that failed checks: %s", exc)
-                continue
-            self.stats.models_received += 1
-            if self._latest is None or _stamp(model) > _stamp(self._latest):
-                self._latest = model
-                self._new_model.set()
+            if message.topic.matches(self.topics.model_global):
+                await self._on_model(client, bytes(payload))
+            else:
+                self._on_ledger(bytes(payload))
+
+    async def _on_model(self, client: aiomqtt.Client, payload: bytes) -> None:
+        try:
+            model = read_model(payload, self.data.x.shape[1], self.limits)
+        except FedmqError as exc:
+            self.stats.bad_models += 1
+            self._record_error(exc.reason, exc.message)
+            if self._state != "training":  # a run in progress reports it when it ends
+                await self._publish_status(client, "error")
+            return
+        self.stats.models_received += 1
+        if follows(self._latest, model):
+            self._latest = model
+            self._error = None
+            self._new_model.set()
+
+    def _record_error(self, reason: str, message: str) -> None:
+        """Remember why a model was refused or a run failed; the last good model stays."""
+        self._error = (reason, one_line(message))
+        log.warning("error [%s]: %s; waiting for the next model", reason, self._error[1])
+
+    def _on_ledger(self, payload: bytes) -> None:
+        try:
+            ledger = read_ledger(payload, self.cfg.device)
+        except FedmqError as exc:
+            log.warning("ignoring a device ledger that failed checks: %s", exc)
+            return
+        before = self.seqs.resync(ledger.last_seq)
+        if before is not None:
+            log.warning(
+                "seq resync: the aggregator has accepted up to seq %d from %s, the local "
+                "state (%s) would send %d; continuing at %d",
+                ledger.last_seq,
+                self.cfg.device,
+                self.seqs.path,
+                before,
+                ledger.last_seq + 1,
+            )
 
     async def _train_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while await wait_any(self._new_model, stop) and not stop.is_set():
             self._new_model.clear()
             model = self._latest
-            if model is None or _stamp(model) <= self._trained:
+            if model is None or stamp(model) <= self._trained:
                 continue
             await self._publish_status(client, "training")
-            update = await self._train(model)
-            self._trained = _stamp(model)
-            payload = update.encode()
-            await client.publish(self.topics.update(self.cfg.device), payload, qos=1)
-            self.stats.updates_sent += 1
-            self.stats.bytes_up += len(payload)
-            await self._publish_status(client, "idle")
+            update = await self._attempt(model)
+            self._trained = stamp(model)  # a failed run is not retried on the same model
+            if update is not None:
+                payload = update.encode()
+                await client.publish(self.topics.update(self.cfg.device), payload, qos=1)
+                self.stats.updates_sent += 1
+                self.stats.bytes_up += len(payload)
+            await self._publish_status(client, self._resting)
 
-    def _local_run(self, model: GlobalModel) -> tuple[Weights, TrainStats]:
+    async def _attempt(self, model: GlobalModel) -> Update | None:
+        """One run on ``model``: its update, or None after reporting why there is none."""
+        try:
+            return await self._train(model)
+        except FedmqError as exc:
+            reason, message = exc.reason, exc.message
+        except OSError as exc:  # reserving the seq: a full or read-only disk
+            reason, message = "state_write", f"cannot save the next seq: {exc}"
+        except Exception as exc:  # whatever a received model provokes, the agent lives on
+            log.exception("training on model v%d failed", model.version)
+            reason, message = "train_failed", f"{type(exc).__name__}: {exc}"
+        self._record_error(reason, f"model v{model.version}: {message}")
+        return None
+
+    def _local_run(self, model: GlobalModel, stop: threading.Event) -> tuple[Weights, TrainStats]:
         """Local training (in a worker thread, so keepalives go on)."""
-        return train_local(
-            model.arch, model.weights, self.data.x, self.data.y, model.hyper, self.rng
-        )
+        # Huge weights overflow; check_result turns that into an error, not a warning.
+        with np.errstate(all="ignore"):
+            return train_local(
+                model.arch,
+                model.weights,
+                self.data.x,
+                self.data.y,
+                model.hyper,
+                self.rng,
+                stop=stop,
+                max_seconds=self.cfg.max_train_seconds,
+            )
 
     async def _train(self, model: GlobalModel) -> Update:
         started = time.monotonic()
-        delta, stats = await asyncio.to_thread(self._local_run, model)
+        stop = threading.Event()
+        try:
+            delta, stats = await asyncio.to_thread(self._local_run, model, stop)
+        except asyncio.CancelledError:
+            # The thread cannot be cancelled, and interpreter exit waits for it.
+            stop.set()
+            raise
+        check_result(delta, stats)
         # A simulated device in the demo is slower than this machine by its compute delay.
         remaining = self.cfg.compute_delay - (time.monotonic() - started)
         if remaining > 0:

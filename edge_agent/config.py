@@ -42,6 +42,13 @@ class AgentConfig:
         0.0, help="Extra seconds per local run (the demo's simulated slow devices)."
     )
     seed: int | None = setting(None, help="Seed of local training (none: random).")
+    # Local limits on what a received model may ask of this device; beyond them the
+    # agent refuses the model (status error, hyper_limit / train_timeout).
+    max_epochs: int = setting(50, help="Most local epochs a received model may ask for.")
+    max_batch: int = setting(1024, help="Largest local batch size a received model may ask for.")
+    max_train_seconds: float = setting(
+        300.0, help="Longest a local training run may take before it is abandoned (s)."
+    )
 
     def __post_init__(self) -> None:
         validate_device_id(self.device)
@@ -53,6 +60,10 @@ class AgentConfig:
             raise ConfigError("bad_setting", "compute_delay must be >= 0")
         if not (self.timeout > 0 and 0 < self.backoff_base <= self.backoff_cap):
             raise ConfigError("bad_setting", "need timeout > 0 and 0 < backoff_base <= backoff_cap")
+        if self.max_epochs < 1 or self.max_batch < 1:
+            raise ConfigError("bad_setting", "max_epochs and max_batch must be >= 1")
+        if not 0 < self.max_train_seconds < float("inf"):
+            raise ConfigError("bad_setting", "max_train_seconds must be a positive number")
 
 
 SCHEMA = Schema("agent", BrokerSettings, AgentConfig)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -84,8 +85,23 @@ def clip_delta(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Weight
     return {k: (v * factor).astype(np.float32) for k, v in delta.items()}, True
 
 
-def _check_data(arch: Arch, x: np.ndarray, y: np.ndarray) -> int:
-    """The number of samples, once ``x`` and ``y`` fit ``arch``; ModelError otherwise."""
+def _clip_and_noise(delta: Weights, hyper: Hyper, rng: np.random.Generator) -> tuple[Weights, bool]:
+    delta, clipped = clip_delta(delta, hyper.clip)
+    if hyper.noise > 0:
+        sigma = hyper.noise * hyper.clip
+        delta = {
+            k: (v + rng.normal(0.0, sigma, v.shape)).astype(np.float32) for k, v in delta.items()
+        }
+    return delta, clipped
+
+
+class TrainingStopped(ModelError):
+    """Raised by ``train_local`` when its ``stop`` flag is set (reason ``stopped``) or
+    its time budget is spent (reason ``train_timeout``); the partial run is discarded."""
+
+
+def _check_inputs(arch: Arch, base: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> None:
+    check_weights(arch, base)
     n = len(x)
     if n == 0:
         raise ModelError("no_data", "cannot train on an empty data set")
@@ -101,7 +117,6 @@ def _check_data(arch: Arch, x: np.ndarray, y: np.ndarray) -> int:
         labels.ndim != 1 or labels.min() < 0 or labels.max() >= arch.n_outputs
     ):
         raise ModelError("bad_data", f"class labels must be a vector in 0..{arch.n_outputs - 1}")
-    return n
 
 
 def train_local(
@@ -111,23 +126,37 @@ def train_local(
     y: np.ndarray,
     hyper: Hyper,
     rng: np.random.Generator,
+    *,
+    stop: threading.Event | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[Weights, TrainStats]:
     """E epochs of mini-batch SGD from ``base``; returns ``local - base`` and stats.
 
     FedProx (Li et al. 2020) adds ``mu/2 * ||w - base||^2`` to the loss, i.e.
-    ``mu * (w - base)`` to each gradient.
+    ``mu * (w - base)`` to each gradient. ``stop`` and ``max_seconds`` are checked
+    between mini-batches (raising TrainingStopped), so a caller in another thread can
+    end a long run within one mini-batch.
     """
-    check_weights(arch, base)
-    n = _check_data(arch, x, y)
+    _check_inputs(arch, base, x, y)
+    n = len(x)
     started = time.perf_counter()
+    deadline = None if max_seconds is None else started + max_seconds
     w = copy_weights(base)
     steps = 0
     epoch_loss = 0.0
     lr = np.float32(hyper.lr)
-    for _ in range(hyper.epochs):
+    for epoch in range(hyper.epochs):
         order = rng.permutation(n)
         total, seen = 0.0, 0
         for start in range(0, n, hyper.batch):
+            if stop is not None and stop.is_set():
+                raise TrainingStopped("stopped", f"stopped after {steps} steps")
+            if deadline is not None and time.perf_counter() > deadline:
+                raise TrainingStopped(
+                    "train_timeout",
+                    f"training took longer than {max_seconds:g} s "
+                    f"(epoch {epoch + 1} of {hyper.epochs}, {steps} steps)",
+                )
             idx = order[start : start + hyper.batch]
             batch_loss, grads = loss_and_grads(arch, w, x[idx], y[idx])
             for name, g in grads.items():
@@ -138,13 +167,7 @@ def train_local(
             seen += len(idx)
             steps += 1
         epoch_loss = total / seen
-    delta = subtract(w, base)
-    delta, clipped = clip_delta(delta, hyper.clip)
-    if hyper.noise > 0:
-        sigma = hyper.noise * hyper.clip
-        delta = {
-            k: (v + rng.normal(0.0, sigma, v.shape)).astype(np.float32) for k, v in delta.items()
-        }
+    delta, clipped = _clip_and_noise(subtract(w, base), hyper, rng)
     stats = TrainStats(
         loss=float(epoch_loss),
         samples=n,

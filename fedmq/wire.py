@@ -54,9 +54,10 @@ from fedmq.training import Hyper
 VERSION = 1
 MAX_BYTES = 8 * 1024 * 1024
 RUN_HEX = 16
+MAX_STATUS_MESSAGE = 256
 
 ENCODINGS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "q8": np.dtype("i1")}
-DEVICE_STATES = ("online", "training", "idle", "offline")
+DEVICE_STATES = ("online", "training", "idle", "offline", "error")
 AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 
 
@@ -75,9 +76,16 @@ class Message:
 
     KIND: ClassVar[str]
     FIELDS: ClassVar[dict[str, Check]]
+    # Fields added compatibly within v1: absent means None, and None is not written, so
+    # a payload without them is byte for byte what an older encoder wrote.
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
 
     def to_map(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+        return {
+            name: getattr(self, name)
+            for name in self.FIELDS
+            if name not in self.OPTIONAL or getattr(self, name) is not None
+        }
 
     def encode(self) -> bytes:
         body = {"v": VERSION, "kind": self.KIND, **self.to_map()}
@@ -96,9 +104,12 @@ class Message:
             raise WireError("unknown_field", f"unknown field(s) {sorted(map(str, unknown))}")
         values = {}
         for name, check in cls.FIELDS.items():
-            if name not in body:
+            if name in body:
+                values[name] = check(body[name], name)
+            elif name in cls.OPTIONAL:
+                values[name] = None
+            else:
                 raise WireError("missing_field", f"{cls.KIND} needs field {name!r}")
-            values[name] = check(body[name], name)
         return cls._build(values, **context)
 
     @classmethod
@@ -281,7 +292,10 @@ class GlobalModel(Message):
 
 @dataclass
 class DeviceStatus(Message):
-    """A device's retained status; its last will carries ``state="offline"``."""
+    """A device's retained status; its last will carries ``state="offline"``.
+
+    In state ``error``, ``reason`` is a stable code and ``message`` one line for people.
+    """
 
     device: str
     state: str
@@ -293,6 +307,8 @@ class DeviceStatus(Message):
     cpu: float | None
     rss: int | None
     at: float
+    reason: str | None = None
+    message: str | None = None
 
     KIND: ClassVar[str] = "device_status"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -306,7 +322,10 @@ class DeviceStatus(Message):
         "cpu": optional(as_float(lo=0.0)),
         "rss": optional(as_int(0, 2**63 - 1)),
         "at": as_time,
+        "reason": optional(as_str(max_len=64)),
+        "message": optional(as_str(max_len=MAX_STATUS_MESSAGE)),
     }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"reason", "message"})
 
 
 @dataclass

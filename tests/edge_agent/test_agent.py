@@ -3,92 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 
-import aiomqtt
+import agent_helpers as h
 import numpy as np
 import pytest
 
-from edge_agent.agent import Agent, Backoff
-from edge_agent.config import AgentConfig
-from fedmq.config import BrokerConfig
-from fedmq.data import Dataset, save_npz
+from edge_agent.agent import Backoff
 from fedmq.model import Arch, init_weights
 from fedmq.topics import Topics
 from fedmq.training import Hyper
 from fedmq.wire import DeviceStatus, GlobalModel, Update
 
 pytestmark = pytest.mark.broker
-ARCH = Arch("mlp", (4, 8, 3))
-RUN = "0123456789abcdef"
-
-
-def _data(n: int = 60, seed: int = 0) -> Dataset:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 4)).astype(np.float32)
-    return Dataset(x, (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 1).astype(np.int64))
-
-
-def _model(version: int, created_at: float = 1.0) -> bytes:
-    weights = init_weights(ARCH, version)
-    return GlobalModel.build(
-        version, ARCH, weights, Hyper(), run=RUN, created_at=created_at
-    ).encode()
-
-
-@asynccontextmanager
-async def _client(url: str, *topics: str) -> AsyncIterator[aiomqtt.Client]:
-    async with aiomqtt.Client(**BrokerConfig.from_url(url).client_kwargs()) as client:
-        for topic in topics:
-            await client.subscribe(topic, qos=1)
-        yield client
-
-
-async def _next(client: aiomqtt.Client, topic: str, timeout: float = 10.0) -> aiomqtt.Message:
-    async def first() -> aiomqtt.Message:
-        async for message in client.messages:
-            if message.topic.matches(topic):
-                return message
-        raise AssertionError("the connection closed")
-
-    return await asyncio.wait_for(first(), timeout)
-
-
-async def _status_until(client: aiomqtt.Client, topic: str, state: str) -> DeviceStatus:
-    while True:
-        status = DeviceStatus.decode(bytes((await _next(client, topic)).payload))
-        if status.state == state:
-            return status
-
-
-def _agent(url: str, fleet: str, state_dir: Path, device: str = "pi-1") -> Agent:
-    cfg = AgentConfig(
-        broker=BrokerConfig.from_url(url), device=device, fleet=fleet, state_dir=state_dir, seed=1
-    )
-    return Agent(cfg, _data())
 
 
 async def test_agent_trains_on_the_retained_model_and_sends_its_delta(mosquitto, fleet, tmp_path):
     topics = Topics(fleet)
     status = topics.device_status("pi-1")
-    async with _client(mosquitto.url, topics.updates_filter, status) as observer:
-        await observer.publish(topics.model_global, _model(3), qos=1, retain=True)
+    async with h.client(mosquitto.url, topics.updates_filter, status) as observer:
+        await observer.publish(topics.model_global, h.model(3), qos=1, retain=True)
         stop = asyncio.Event()
-        agent = _agent(mosquitto.url, fleet, tmp_path)
+        agent = h.agent(mosquitto.url, fleet, tmp_path)
         task = asyncio.create_task(agent.run(stop))
-        message = await _next(observer, topics.updates_filter)
+        message = await h.next_message(observer, topics.updates_filter)
         # "idle" follows the broker's acknowledgement of the update.
-        idle = await _status_until(observer, status, "idle")
+        idle = await h.status_until(observer, status, "idle")
         stop.set()
         await task
-    update = Update.decode(bytes(message.payload), shapes=ARCH.param_shapes())
+    update = Update.decode(bytes(message.payload), shapes=h.ARCH.param_shapes())
     assert str(message.topic) == topics.update("pi-1")
     assert (update.device, update.seq, update.base_version) == ("pi-1", 0, 3)
     assert update.num_samples == 60 and update.steps > 0
@@ -100,12 +46,14 @@ async def test_agent_trains_on_the_retained_model_and_sends_its_delta(mosquitto,
 async def test_a_restarted_agent_continues_its_seq(mosquitto, fleet, tmp_path):
     topics = Topics(fleet)
     seqs = []
-    async with _client(mosquitto.url, topics.updates_filter) as observer:
-        await observer.publish(topics.model_global, _model(0), qos=1, retain=True)
+    async with h.client(mosquitto.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
         for _ in range(3):  # each run trains once on the retained model, then stops
             stop = asyncio.Event()
-            task = asyncio.create_task(_agent(mosquitto.url, fleet, tmp_path).run(stop))
-            update = Update.decode(bytes((await _next(observer, topics.updates_filter)).payload))
+            task = asyncio.create_task(h.agent(mosquitto.url, fleet, tmp_path).run(stop))
+            update = Update.decode(
+                bytes((await h.next_message(observer, topics.updates_filter)).payload)
+            )
             seqs.append(update.seq)
             stop.set()
             await task
@@ -115,16 +63,18 @@ async def test_a_restarted_agent_continues_its_seq(mosquitto, fleet, tmp_path):
 async def test_a_model_for_other_features_is_ignored_not_fatal(mosquitto, fleet, tmp_path):
     topics = Topics(fleet)
     other = Arch("mlp", (5, 3))
-    wrong = GlobalModel.build(1, other, init_weights(other, 0), Hyper(), run=RUN).encode()
-    async with _client(mosquitto.url, topics.updates_filter) as observer:
+    wrong = GlobalModel.build(1, other, init_weights(other, 0), Hyper(), run=h.RUN).encode()
+    async with h.client(mosquitto.url, topics.updates_filter) as observer:
         stop = asyncio.Event()
-        agent = _agent(mosquitto.url, fleet, tmp_path)
+        agent = h.agent(mosquitto.url, fleet, tmp_path)
         task = asyncio.create_task(agent.run(stop))
         await agent.connected.wait()
         await observer.publish(topics.model_global, b"\x00garbage", qos=1)
         await observer.publish(topics.model_global, wrong, qos=1)
-        await observer.publish(topics.model_global, _model(2), qos=1)
-        update = Update.decode(bytes((await _next(observer, topics.updates_filter)).payload))
+        await observer.publish(topics.model_global, h.model(2), qos=1)
+        update = Update.decode(
+            bytes((await h.next_message(observer, topics.updates_filter)).payload)
+        )
         stop.set()
         await task
     assert update.base_version == 2
@@ -135,38 +85,33 @@ async def test_a_republished_version_prompts_a_new_run(mosquitto, fleet, tmp_pat
     # A restarted aggregator republishes its version; updates sent while it was away may
     # be lost, so the agent trains again instead of waiting for a version that never comes.
     topics = Topics(fleet)
-    async with _client(mosquitto.url, topics.updates_filter) as observer:
-        await observer.publish(topics.model_global, _model(4, created_at=1.0), qos=1, retain=True)
+    async with h.client(mosquitto.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, h.model(4, created_at=1.0), qos=1, retain=True)
         stop = asyncio.Event()
-        agent = _agent(mosquitto.url, fleet, tmp_path)
+        agent = h.agent(mosquitto.url, fleet, tmp_path)
         task = asyncio.create_task(agent.run(stop))
-        first = Update.decode(bytes((await _next(observer, topics.updates_filter)).payload))
-        await observer.publish(topics.model_global, _model(4, created_at=2.0), qos=1, retain=True)
-        second = Update.decode(bytes((await _next(observer, topics.updates_filter)).payload))
+        first = Update.decode(
+            bytes((await h.next_message(observer, topics.updates_filter)).payload)
+        )
+        await observer.publish(topics.model_global, h.model(4, created_at=2.0), qos=1, retain=True)
+        second = Update.decode(
+            bytes((await h.next_message(observer, topics.updates_filter)).payload)
+        )
         stop.set()
         await task
     assert (first.base_version, second.base_version) == (4, 4)
     assert second.seq == first.seq + 1
 
 
-def _spawn_agent(url: str, fleet: str, tmp_path: Path) -> subprocess.Popen[bytes]:
-    data = tmp_path / "data.npz"
-    save_npz(data, _data())
-    cmd = [sys.executable, "-m", "edge_agent", "--broker", url, "--fleet", fleet]
-    cmd += ["--device", "pi-9", "--data", str(data), "--state-dir", str(tmp_path / "state")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env)
-
-
 async def test_killing_an_agent_marks_it_offline_through_its_last_will(mosquitto, fleet, tmp_path):
     status = Topics(fleet).device_status("pi-9")
-    async with _client(mosquitto.url, status) as observer:
-        proc = _spawn_agent(mosquitto.url, fleet, tmp_path)
+    async with h.client(mosquitto.url, status) as observer:
+        proc = h.spawn_agent(mosquitto.url, fleet, tmp_path)
         try:
-            online = await _status_until(observer, status, "online")
+            online = await h.status_until(observer, status, "online")
             proc.kill()  # no goodbye: only the broker's last will can say it left
             killed = time.monotonic()
-            offline = await _status_until(observer, status, "offline")
+            offline = await h.status_until(observer, status, "offline")
             took = time.monotonic() - killed
         finally:
             proc.kill()
@@ -174,19 +119,19 @@ async def test_killing_an_agent_marks_it_offline_through_its_last_will(mosquitto
     assert online.device == offline.device == "pi-9"
     assert took < 5.0
     # The retained status stays offline for anyone who looks later.
-    async with _client(mosquitto.url, status) as late:
-        retained = await _next(late, status, timeout=2)
+    async with h.client(mosquitto.url, status) as late:
+        retained = await h.next_message(late, status, timeout=2)
     assert retained.retain and DeviceStatus.decode(bytes(retained.payload)).state == "offline"
 
 
 async def test_sigterm_publishes_offline_and_exits_cleanly(mosquitto, fleet, tmp_path):
     status = Topics(fleet).device_status("pi-9")
-    async with _client(mosquitto.url, status) as observer:
-        proc = _spawn_agent(mosquitto.url, fleet, tmp_path)
+    async with h.client(mosquitto.url, status) as observer:
+        proc = h.spawn_agent(mosquitto.url, fleet, tmp_path)
         try:
-            await _status_until(observer, status, "online")
+            await h.status_until(observer, status, "online")
             proc.send_signal(signal.SIGTERM)
-            offline = await _status_until(observer, status, "offline")
+            offline = await h.status_until(observer, status, "offline")
             rc = await asyncio.to_thread(proc.wait, 10)
         finally:
             proc.kill()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from hypothesis import strategies as st
 from fedmq import model
 from fedmq.errors import ModelError
 from fedmq.model import Arch, global_norm, init_weights
-from fedmq.training import Hyper, clip_delta, train_local
+from fedmq.training import Hyper, TrainingStopped, clip_delta, train_local
 
 CLF = Arch("mlp", (2, 8, 2), "relu")
 
@@ -257,3 +259,73 @@ def test_rejects_labels_that_do_not_fit(labels):
     with pytest.raises(ModelError) as info:
         train_local(CLF, base, x, labels, Hyper(batch=4), _rng())
     assert info.value.reason == "bad_data"
+
+
+# -- cooperative stop and time budget -------------------------------------------------------
+
+
+class _StopAfter(threading.Event):
+    """A stop flag that another thread sets after the trainer has checked it ``n`` times."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.checks, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        if self.checks > self.n:
+            self.set()
+        return super().is_set()
+
+
+def test_a_stop_flag_ends_training_between_mini_batches():
+    x, y = _blobs(n=200)
+    stop = _StopAfter(25)
+    with pytest.raises(TrainingStopped) as info:
+        # 1000 epochs of batch 1 is 200,000 steps: far more than it gets to run.
+        train_local(CLF, init_weights(CLF), x, y, Hyper(epochs=1000, batch=1), _rng(), stop=stop)
+    assert info.value.reason == "stopped"
+    assert "after 25 steps" in info.value.message and stop.checks == 26
+
+
+def test_a_stop_from_another_thread_ends_a_long_run_at_once():
+    x, y = _blobs(n=200)
+    stop, errors = threading.Event(), []
+    hyper = Hyper(epochs=1000, batch=1)  # seconds of work if nothing stops it
+
+    def run() -> None:
+        try:
+            train_local(CLF, init_weights(CLF), x, y, hyper, _rng(), stop=stop)
+        except TrainingStopped as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    stop.set()
+    stopped_at = time.monotonic()
+    worker.join(timeout=5)
+    assert not worker.is_alive() and time.monotonic() - stopped_at < 1.0
+    assert [e.reason for e in errors] == ["stopped"]
+
+
+def test_max_seconds_bounds_a_run():
+    x, y = _blobs(n=200)
+    started = time.monotonic()
+    with pytest.raises(TrainingStopped) as info:
+        train_local(
+            CLF, init_weights(CLF), x, y, Hyper(epochs=1000, batch=1), _rng(), max_seconds=0.2
+        )
+    assert info.value.reason == "train_timeout"
+    assert "longer than 0.2 s" in info.value.message
+    assert time.monotonic() - started < 2.0
+
+
+def test_an_unset_stop_flag_and_a_loose_budget_change_nothing():
+    x, y = _blobs()
+    base, hyper = init_weights(CLF, seed=1), Hyper(epochs=2, batch=8)
+    plain, _ = train_local(CLF, base, x, y, hyper, _rng(3))
+    watched, _ = train_local(
+        CLF, base, x, y, hyper, _rng(3), stop=threading.Event(), max_seconds=60.0
+    )
+    for name in plain:
+        np.testing.assert_array_equal(plain[name], watched[name])

@@ -387,3 +387,36 @@ def test_any_field_replaced_by_any_value_raises_only_wire_error(msg, data: st.Da
     key = data.draw(st.sampled_from(sorted(body)))
     body[key] = data.draw(msgpack_values)
     _decode_all(pack(body))
+
+
+# -- device_status: the error state and its optional reason and message -----------------
+
+
+def test_an_error_status_round_trips_with_its_reason_and_message():
+    status = DeviceStatus(
+        "d", "error", "0.1", 3, 10, 4, None, None, None, 5.0, "hyper_limit", "epochs=1000"
+    )
+    back = DeviceStatus.decode(status.encode())
+    assert (back.state, back.reason, back.message) == ("error", "hyper_limit", "epochs=1000")
+
+
+def test_a_status_without_reason_is_written_as_before_and_read_from_older_encoders():
+    status = DeviceStatus("d", "idle", "0.1", 3, 10, 4, 0.2, 1.0, 100, 5.0)
+    before = ["device", "state", "agent_version", "model_version", "samples", "last_seq"]
+    before += ["last_loss", "cpu", "rss", "at"]
+    old = {"v": 1, "kind": "device_status", **{k: getattr(status, k) for k in before}}
+    payload = msgpack.packb(old, use_bin_type=True)  # what an encoder before the addition wrote
+    assert status.encode() == payload
+    back = DeviceStatus.decode(payload)
+    assert back == status and back.reason is None and back.message is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("reason", "x" * 65), ("message", "m" * 257), ("reason", 3)]
+)
+def test_status_reason_and_message_are_checked(field, value):
+    body = msgpack.unpackb(DeviceStatus("d", "error", "0", 1, 1, 1, None, None, None, 1.0).encode())
+    body[field] = value
+    with pytest.raises(WireError) as err:
+        DeviceStatus.decode(msgpack.packb(body, use_bin_type=True))
+    assert err.value.reason in ("bad_value", "bad_type")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -79,8 +80,8 @@ class MaliciousAgent(Agent):
         super().__init__(cfg, data)
         self.attack = attack
 
-    def _local_run(self, model: GlobalModel) -> tuple[Weights, TrainStats]:
-        delta, stats = super()._local_run(model)
+    def _local_run(self, model: GlobalModel, stop: threading.Event) -> tuple[Weights, TrainStats]:
+        delta, stats = super()._local_run(model, stop)
         if self.attack == "signflip":
             delta = {k: (-SIGNFLIP_SCALE * v).astype(np.float32) for k, v in delta.items()}
         elif self.attack in ("noise", "labelflip"):

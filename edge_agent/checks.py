@@ -1,0 +1,103 @@
+"""What an agent accepts from the network, as pure functions the agent and tests share.
+
+Everything a device receives is checked here before it acts on it. A refusal is a
+FedmqError whose ``reason`` goes into the device's retained status (state ``error``);
+the agent keeps its last good model and waits for the next one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmq.errors import FedmqError, WireError
+from fedmq.training import Hyper, TrainStats
+from fedmq.wire import MAX_STATUS_MESSAGE, DeviceLedger, GlobalModel
+
+Stamp = tuple[int, float]
+
+
+def stamp(model: GlobalModel) -> Stamp:
+    """Order of models: by version, then by publish time.
+
+    An aggregator that restarts republishes its current version with a new
+    ``created_at``; an update sent while it was away may be lost, so that republish is
+    also a prompt to train again rather than wait for a version that may never come.
+    """
+    return (model.version, model.created_at)
+
+
+def follows(held: GlobalModel | None, offered: GlobalModel) -> bool:
+    """The version-acceptance rule: does ``offered`` replace the model the agent holds?
+
+    Only a later stamp does; a lower version is ignored. Run identity (a new
+    federation, an announced rollback) extends this rule, and only this rule.
+    """
+    return held is None or stamp(offered) > stamp(held)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a received ``hyper`` may ask of this device (the agent's max_* settings;
+    ``max_train_seconds`` is enforced while training)."""
+
+    max_epochs: int
+    max_batch: int
+
+
+def check_hyper(hyper: Hyper, limits: Limits) -> None:
+    """Refuse a ``hyper`` beyond this device's limits (reason ``hyper_limit``)."""
+    for name, asked, allowed in (
+        ("epochs", hyper.epochs, limits.max_epochs),
+        ("batch", hyper.batch, limits.max_batch),
+    ):
+        if asked > allowed:
+            raise FedmqError(
+                "hyper_limit",
+                f"hyper asks for {name}={asked}; this device allows at most max_{name}={allowed}",
+            )
+
+
+def read_model(payload: bytes, n_inputs: int, limits: Limits) -> GlobalModel:
+    """Decode a global model and check it against this device's data and limits."""
+    try:
+        model = GlobalModel.decode(payload)
+    except WireError as exc:
+        raise FedmqError(exc.reason, f"undecodable global model: {exc.message}") from exc
+    if model.arch.n_inputs != n_inputs:
+        raise FedmqError(
+            "bad_shape",
+            f"model v{model.version} expects {model.arch.n_inputs} features, "
+            f"the data has {n_inputs}",
+        )
+    check_hyper(model.hyper, limits)
+    return model
+
+
+def check_result(delta: Mapping[str, np.ndarray], stats: TrainStats) -> None:
+    """Refuse a training result that is not finite (reason ``train_non_finite``).
+
+    Finite but huge weights (values near 1e30) decode fine and then overflow in
+    training; such a delta must become an error status, never an update.
+    """
+    bad = [name for name, arr in delta.items() if not np.isfinite(arr).all()]
+    if bad or not math.isfinite(stats.loss):
+        what = f"delta {', '.join(bad)}" if bad else f"loss {stats.loss}"
+        raise FedmqError("train_non_finite", f"training produced a non-finite {what}")
+
+
+def read_ledger(payload: bytes, device: str) -> DeviceLedger:
+    """Decode the aggregator's retained ledger of this device."""
+    ledger = DeviceLedger.decode(payload)
+    if ledger.device != device:
+        raise WireError("identity_mismatch", f"ledger of {ledger.device!r}, not of {device!r}")
+    return ledger
+
+
+def one_line(text: str, limit: int = MAX_STATUS_MESSAGE) -> str:
+    """``text`` as one line of at most ``limit`` characters, for a status message."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
