@@ -1,0 +1,116 @@
+"""One client connection of fedmq's broker: what it has to send, and the task that sends it.
+
+Reading and writing are apart so that a client which stops reading never blocks the
+reading side: its keepalive deadline still runs, and a writer that makes no progress for
+the write timeout closes the connection (Mosquitto, too, drops such a client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from tools.broker.mqtt_session import Session
+
+log = logging.getLogger(__name__)
+
+CONTROL_LIMIT = 1_000  # acknowledgements waiting to be sent before reading pauses
+
+
+class WriteStalled(Exception):
+    """No byte of the pending output reached the client within the write timeout."""
+
+
+class Connection:
+    """A client's TCP connection, served by the task that created it."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.session: Session | None = None
+        self.finished = asyncio.Event()  # set once its will is out and its session detached
+        self._control: deque[bytes] = deque()  # CONNACK, acknowledgements, resends
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._pump: asyncio.Task[None] | None = None
+        self._write_timeout: float | None = None
+
+    @property
+    def client_id(self) -> str:
+        return self.session.client_id if self.session is not None else "a client"
+
+    def send(self, data: bytes) -> None:
+        """Queue a packet that comes before any queued PUBLISH."""
+        self._control.append(data)
+        if len(self._control) > CONTROL_LIMIT:
+            self._room.clear()
+        self._wake.set()
+
+    def wake(self) -> None:
+        """The session has something to send."""
+        self._wake.set()
+
+    async def room(self) -> None:
+        """Wait while too many acknowledgements are unsent: the client is not reading."""
+        await self._room.wait()
+
+    def start(self, write_timeout: float | None) -> None:
+        self._write_timeout = write_timeout
+        self._pump = asyncio.create_task(self._run())
+
+    def close(self) -> None:
+        """Drop the connection now, unsent output and all, and end its task."""
+        self.writer.transport.abort()
+        self.task.cancel()
+
+    def finish(self, graceful: bool) -> None:
+        """Stop writing; flush what is queued in the transport only when ``graceful``."""
+        if self._pump is not None:
+            self._pump.cancel()
+        if graceful and self.writer.transport.get_write_buffer_size() == 0:
+            self.writer.close()
+        else:
+            self.writer.transport.abort()
+        self._room.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                data = self._next()
+                if data is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self.writer.write(data)
+                await self._drain()
+        except ConnectionError:
+            pass  # the reading side sees the same and ends the connection
+        except WriteStalled:
+            log.warning("closing %s: it read nothing for %s s", self.client_id, self._write_timeout)
+        finally:
+            self.writer.transport.abort()
+            self._room.set()
+
+    def _next(self) -> bytes | None:
+        if self._control:
+            data = self._control.popleft()
+            if len(self._control) <= CONTROL_LIMIT:
+                self._room.set()
+            return data
+        return self.session.next_packet() if self.session is not None else None
+
+    async def _drain(self) -> None:
+        """``drain()``, but a client that takes nothing for the write timeout is dropped."""
+        transport = self.writer.transport
+        while True:
+            before = transport.get_write_buffer_size()
+            try:
+                await asyncio.wait_for(self.writer.drain(), self._write_timeout)
+                return
+            except asyncio.TimeoutError:
+                if transport.get_write_buffer_size() >= before:
+                    raise WriteStalled from None
