@@ -62,17 +62,17 @@ class Subscriptions:
     """Which client subscribed to which filter at which QoS, indexed by paho's topic trie."""
 
     def __init__(self) -> None:
-        self._trie = MQTTMatcher()
+        self._trie = MQTTMatcher()  # filter -> (filter, {client id: QoS})
 
     def add(self, topic_filter: str, client_id: str, qos: int) -> None:
         try:
-            self._trie[topic_filter][client_id] = qos
+            self._trie[topic_filter][1][client_id] = qos
         except KeyError:
-            self._trie[topic_filter] = {client_id: qos}
+            self._trie[topic_filter] = (topic_filter, {client_id: qos})
 
     def remove(self, topic_filter: str, client_id: str) -> None:
         try:
-            clients = self._trie[topic_filter]
+            _, clients = self._trie[topic_filter]
         except KeyError:
             return
         clients.pop(client_id, None)
@@ -80,12 +80,24 @@ class Subscriptions:
             del self._trie[topic_filter]
 
     def match(self, topic: str) -> dict[str, int]:
-        """Each subscribed client once, with the highest QoS of its matching filters."""
-        best: dict[str, int] = {}
-        for clients in self._trie.iter_match(topic):
+        """Each subscribed client once, with the QoS of the filter Mosquitto 2 picks.
+
+        Mosquitto 2.0 (checked on 2.0.11) sends a 3.1.1 client one copy, at the QoS of
+        its first matching filter in trie order, not the highest that §3.3.5-1 asks for.
+        """
+        chosen: dict[str, int] = {}
+        for _, clients in sorted(self._trie.iter_match(topic), key=_mosquitto_order):
             for client_id, qos in clients.items():
-                best[client_id] = max(qos, best.get(client_id, 0))
-        return best
+                chosen.setdefault(client_id, qos)
+        return chosen
+
+
+def _mosquitto_order(entry: tuple[str, dict[str, int]]) -> list[int]:
+    """Mosquitto's walk of its subscription tree: at each level an exact name before
+    ``+`` before ``#``, and a node's ``#`` child (``a/#``) before the node itself (``a``)."""
+    levels = entry[0].split("/")
+    key = [2 if level == "#" else 1 if level == "+" else 0 for level in levels]
+    return key if levels[-1] == "#" else [*key, 3]
 
 
 class MqttServer:
@@ -293,7 +305,6 @@ class MqttServer:
                 self._retained[message.topic] = message
             else:
                 self._retained.pop(message.topic, None)
-        # One copy at the highest QoS of overlapping filters (§3.3.5-1), as Mosquitto does.
         for client_id, qos in self._subscriptions.match(message.topic).items():
             session = self._sessions.get(client_id)
             if session is not None:

@@ -160,9 +160,15 @@ class RawClient:
         suback = await self.expect(SUBACK)
         return suback.body[2]
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 0, packet_id: int = 1) -> None:
+    async def unsubscribe(self, topic_filter: str, packet_id: int = 1) -> None:
+        self.send(frame(0xA2, struct.pack("!H", packet_id) + _string(topic_filter.encode())))
+        await self.expect(UNSUBACK)
+
+    async def publish(
+        self, topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, *, retain: bool = False
+    ) -> None:
         """Publish and complete the flow for ``qos``."""
-        self.send(publish_packet(topic, payload, qos, packet_id))
+        self.send(publish_packet(topic, payload, qos, packet_id, retain=retain))
         if qos == 1:
             await self.expect(PUBACK)
         elif qos == 2:
@@ -211,3 +217,25 @@ class RawClients:
         for c in self._made:
             with contextlib.suppress(ConnectionError):
                 await asyncio.wait_for(c.writer.wait_closed(), WITHIN)
+
+
+async def receive(c: RawClient, within: float = WITHIN) -> Packet:
+    """The next PUBLISH, acknowledged as its QoS requires (a PUBREL on the way: PUBCOMP)."""
+    while True:
+        got = await c.read(within)
+        if got.kind == PUBREL:
+            c.send(ack_packet(PUBCOMP, got.packet_id))
+        elif got.kind == PUBLISH:
+            if got.qos == 1:
+                c.send(ack_packet(PUBACK, got.packet_id))
+            elif got.qos == 2:
+                c.send(ack_packet(PUBREC, got.packet_id))
+            return got
+
+
+async def until(c: RawClient, marker: bytes, within: float = WITHIN) -> list[Packet]:
+    """Every PUBLISH before the one whose payload is ``marker``."""
+    seen: list[Packet] = []
+    while (got := await receive(c, within)).payload != marker:
+        seen.append(got)
+    return seen
