@@ -16,6 +16,7 @@ from tools.broker.mqtt_session import Session
 log = logging.getLogger(__name__)
 
 CONTROL_LIMIT = 1_000  # acknowledgements waiting to be sent before reading pauses
+FLUSH_LIMIT = 64 * 1024  # output still flushed when a connection ends gracefully
 
 
 class WriteStalled(Exception):
@@ -71,7 +72,9 @@ class Connection:
         """Stop writing; flush what is queued in the transport only when ``graceful``."""
         if self._pump is not None:
             self._pump.cancel()
-        if graceful and self.writer.transport.get_write_buffer_size() == 0:
+        # A graceful close flushes first: only for a little output, or a client that
+        # does not read would keep the connection (and its buffer) forever.
+        if graceful and self.writer.transport.get_write_buffer_size() <= FLUSH_LIMIT:
             self.writer.close()
         else:
             self.writer.transport.abort()
@@ -91,6 +94,8 @@ class Connection:
             pass  # the reading side sees the same and ends the connection
         except WriteStalled:
             log.warning("closing %s: it read nothing for %s s", self.client_id, self._write_timeout)
+        except Exception:  # the reading side ends the connection once the transport is gone
+            log.exception("closing %s after an error while writing", self.client_id)
         finally:
             self.writer.transport.abort()
             self._room.set()

@@ -273,8 +273,8 @@ async def test_dollar_topics_are_not_matched_by_leading_wildcards(
 ) -> None:
     port, dollar = broker.port, f"$fq-{fleet}/x"
     wild, _ = await raw.connect(port, f"{fleet}-wild")
-    await wild.subscribe("#", 1)
-    await wild.subscribe("+/x", 1, packet_id=2)
+    await wild.subscribe("+/x", 1)
+    await wild.subscribe("#", 1, packet_id=2)  # last: every retained message follows
     exact, _ = await raw.connect(port, f"{fleet}-exact")
     await exact.subscribe(f"$fq-{fleet}/#", 1)
     pub, _ = await raw.connect(port, f"{fleet}-pub")
