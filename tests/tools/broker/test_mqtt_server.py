@@ -15,15 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rawmqtt import (
-    PUBCOMP,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    RawClient,
     RawClients,
-    ack_packet,
-    connect_packet,
-    frame,
     publish_packet,
 )
 
@@ -127,68 +119,6 @@ def test_garbage_after_connect_never_breaks_the_broker(
     asyncio.run(scenario())
 
 
-async def test_keepalive_holds_while_the_broker_waits_to_write(
-    embedded_broker: LocalBroker, fleet: str, raw: RawClients
-) -> None:
-    """Keepalive 3, 30 MB the client never reads, one PINGREQ, silence: dropped, will out
-    (Mosquitto: about 10 s). Before the fix the reading side hung in drain() forever."""
-    port, status, big = embedded_broker.port, f"fl/{fleet}/status", f"fl/{fleet}/big"
-    watcher, _ = await raw.connect(port, f"{fleet}-watcher")
-    await watcher.subscribe(status, 1)
-    will = (status, b"gone", 1, False)
-    slow, _ = await raw.connect(port, f"{fleet}-slow", rcvbuf=4096, keepalive=3, will=will)
-    await slow.subscribe(big, 0)
-    pub, _ = await raw.connect(port, f"{fleet}-pub")
-    for _ in range(30):
-        pub.send(publish_packet(big, bytes(MB)))
-        await pub.writer.drain()
-    await pub.publish(f"fl/{fleet}/barrier", b"", qos=1)  # all 30 MB routed to `slow`
-    slow.send(frame(0xC0))  # one PINGREQ, then silence
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    message = await watcher.expect(PUBLISH, within=20)
-    assert (message.topic, message.payload) == (status, b"gone")
-    assert loop.time() - started < 3 * 1.5 + 3
-
-
-async def test_simultaneous_connects_with_one_id_leave_exactly_one(
-    embedded_broker: LocalBroker, fleet: str, raw: RawClients
-) -> None:
-    """Two CONNECTs with an id in use, arriving together: the old connection and one of
-    the two are closed, the survivor gets messages. Before the fix both stayed (10/10)."""
-    port = embedded_broker.port
-    pub, _ = await raw.connect(port, f"{fleet}-pub")
-    for trial in range(10):
-        client_id, topic = f"{fleet}-d{trial}", f"fl/{fleet}/t{trial}"
-        first, _ = await raw.connect(port, client_id)
-        a, b = await raw.open(port), await raw.open(port)
-        a.send(connect_packet(client_id))
-        b.send(connect_packet(client_id))
-        assert await first.closed()
-        connacked = await asyncio.gather(_first_is_connack(a), _first_is_connack(b))
-        alive = [c for c, ok in zip((a, b), connacked, strict=True) if ok and await _pings(c)]
-        assert len(alive) == 1, f"trial {trial}: {len(alive)} connections survived"
-        await alive[0].subscribe(topic, 1)
-        await pub.publish(topic, b"to-the-survivor", qos=1)
-        assert (await alive[0].expect(PUBLISH)).payload == b"to-the-survivor"
-        alive[0].abort()
-
-
-async def _first_is_connack(c: RawClient) -> bool:
-    try:
-        return (await c.read()).kind == 2
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return False
-
-
-async def _pings(c: RawClient) -> bool:
-    try:
-        await c.ping()
-        return True
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return False
-
-
 async def test_qos0_to_a_slow_subscriber_uses_bounded_memory(
     embedded_broker: LocalBroker, fleet: str, raw: RawClients
 ) -> None:
@@ -211,48 +141,6 @@ async def test_qos0_to_a_slow_subscriber_uses_bounded_memory(
     finally:
         tracemalloc.stop()
     assert grown < 20 * MB, f"the broker holds {grown / MB:.0f} MB for one slow client"
-
-
-async def test_mosquitto_pub_qos2_is_delivered_at_qos2(
-    embedded_broker: LocalBroker, fleet: str, raw: RawClients
-) -> None:
-    """Before the fix a QoS 2 PUBLISH closed the connection: mosquitto_pub -q 2 failed."""
-    port, topic = embedded_broker.port, f"fl/{fleet}/q2"
-    sub, _ = await raw.connect(port, f"{fleet}-sub")
-    assert await sub.subscribe(topic, 2) == 2
-    proc = await asyncio.create_subprocess_exec(
-        "mosquitto_pub", "-p", str(port), "-q", "2", "-t", topic, "-m", "once",
-        "-i", f"{fleet}-pub",
-    )  # fmt: skip
-    assert await asyncio.wait_for(proc.wait(), 10) == 0
-    message = await sub.expect(PUBLISH)
-    assert (message.payload, message.qos) == (b"once", 2)
-    sub.send(ack_packet(PUBREC, message.packet_id))
-    assert (await sub.expect(PUBREL)).packet_id == message.packet_id
-    sub.send(ack_packet(PUBCOMP, message.packet_id))
-
-
-async def test_qos2_publisher_resumes_its_flow_after_reconnecting(
-    embedded_broker: LocalBroker, fleet: str, raw: RawClients
-) -> None:
-    """A persistent publisher cut off after PUBREC resends, then releases: one copy.
-    Before the fix it was cut off again on every reconnect."""
-    port, topic = embedded_broker.port, f"fl/{fleet}/q2"
-    sub, _ = await raw.connect(port, f"{fleet}-sub")
-    await sub.subscribe(topic, 1)
-    pub, _ = await raw.connect(port, f"{fleet}-pub", clean=False)
-    pub.send(publish_packet(topic, b"exactly-once", qos=2, packet_id=7))
-    await pub.expect(PUBREC)
-    pub.abort()
-    pub, present = await raw.connect(port, f"{fleet}-pub", clean=False)
-    assert present
-    pub.send(publish_packet(topic, b"exactly-once", qos=2, packet_id=7))
-    await pub.expect(PUBREC)
-    pub.send(ack_packet(PUBREL, 7))
-    await pub.expect(PUBCOMP)
-    await pub.publish(topic, b"marker", qos=1, packet_id=8)
-    got = [await sub.expect(PUBLISH) for _ in range(2)]
-    assert [m.payload for m in got] == [b"exactly-once", b"marker"]
 
 
 async def test_drops_are_one_summary_line(
@@ -308,26 +196,3 @@ async def test_drop_summary_comes_once_per_interval(
             assert lines.empty()
     finally:
         logging.getLogger("tools.broker").removeHandler(handler)
-
-
-async def test_outgoing_qos2_resumes_with_pubrel_after_reconnect(
-    embedded_broker: LocalBroker, fleet: str, raw: RawClients
-) -> None:
-    """Persistent in-flight QoS 2: PUBREC sent, cut off before PUBCOMP; the broker resends
-    PUBREL (not the message) on reconnect (§4.4)."""
-    port, topic = embedded_broker.port, f"fl/{fleet}/q2"
-    sub, _ = await raw.connect(port, f"{fleet}-sub", clean=False)
-    await sub.subscribe(topic, 2)
-    pub, _ = await raw.connect(port, f"{fleet}-pub")
-    await pub.publish(topic, b"once", qos=2)
-    message = await sub.expect(PUBLISH)
-    sub.send(ack_packet(PUBREC, message.packet_id))
-    await sub.expect(PUBREL)
-    sub.abort()
-    sub, present = await raw.connect(port, f"{fleet}-sub", clean=False)
-    assert present
-    again = await sub.expect(PUBREL)
-    assert again.packet_id == message.packet_id
-    sub.send(ack_packet(PUBCOMP, again.packet_id))
-    await pub.publish(topic, b"next", qos=1, packet_id=2)
-    assert (await sub.expect(PUBLISH)).payload == b"next"

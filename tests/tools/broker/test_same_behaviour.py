@@ -17,8 +17,10 @@ import pytest
 from rawmqtt import (
     PUBLISH,
     PUBREL,
+    RawClient,
     RawClients,
     ack_packet,
+    connect_packet,
     publish_packet,
     receive,
     until,
@@ -216,7 +218,8 @@ async def test_keepalive(broker: LocalBroker, fleet: str, raw: RawClients) -> No
 async def test_keepalive_while_the_client_does_not_read(
     broker: LocalBroker, fleet: str, raw: RawClients
 ) -> None:
-    """Keepalive 3, 30 MB the client never reads, one PINGREQ, then silence: dropped."""
+    """Keepalive 3, 30 MB the client never reads, one PINGREQ, then silence: dropped and
+    its will out. The embedded broker once hung in drain() here and never dropped it."""
     port, status, big = broker.port, f"fl/{fleet}/status", f"fl/{fleet}/big"
     watcher, _ = await raw.connect(port, f"{fleet}-watcher")
     await watcher.subscribe(status, 1)
@@ -229,8 +232,50 @@ async def test_keepalive_while_the_client_does_not_read(
         await pub.writer.drain()
     await pub.publish(f"fl/{fleet}/barrier", b"", qos=1)
     slow.send(bytes([0xC0, 0]))  # one PINGREQ, then silence
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     message = await receive(watcher, within=25)
     assert (message.topic, message.payload) == (status, b"gone")
+    assert loop.time() - started < 15  # Mosquitto 2.0.11: about 5 s; the embedded: 4.5 s
+
+
+async def test_simultaneous_connects_with_one_id_leave_exactly_one(
+    broker: LocalBroker, fleet: str, raw: RawClients
+) -> None:
+    """Two CONNECTs with an id in use, arriving together: the old connection and one of
+    the two are closed, the survivor gets messages. The embedded broker once kept both
+    (10 of 10 trials), one of them receiving nothing."""
+    port = broker.port
+    pub, _ = await raw.connect(port, f"{fleet}-pub")
+    for trial in range(10):
+        client_id, topic = f"{fleet}-d{trial}", f"fl/{fleet}/t{trial}"
+        first, _ = await raw.connect(port, client_id)
+        a, b = await raw.open(port), await raw.open(port)
+        a.send(connect_packet(client_id))
+        b.send(connect_packet(client_id))
+        assert await first.closed()
+        connacked = await asyncio.gather(_first_is_connack(a), _first_is_connack(b))
+        alive = [c for c, ok in zip((a, b), connacked, strict=True) if ok and await _pings(c)]
+        assert len(alive) == 1, f"trial {trial}: {len(alive)} connections survived"
+        await alive[0].subscribe(topic, 1)
+        await pub.publish(topic, b"to-the-survivor", qos=1)
+        assert (await alive[0].expect(PUBLISH)).payload == b"to-the-survivor"
+        alive[0].abort()
+
+
+async def _first_is_connack(c: RawClient) -> bool:
+    try:
+        return (await c.read()).kind == 2
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
+
+
+async def _pings(c: RawClient) -> bool:
+    try:
+        await c.ping()
+        return True
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
 
 
 @pytest.mark.parametrize(
