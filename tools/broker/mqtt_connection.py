@@ -38,7 +38,9 @@ class Connection:
         self._room = asyncio.Event()
         self._room.set()
         self._pump: asyncio.Task[None] | None = None
-        self._write_timeout: float | None = None
+        self._timeout: float | None = None  # 1.5 keepalive periods; None: keepalive 0
+        self._last_heard = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def client_id(self) -> str:
@@ -59,9 +61,33 @@ class Connection:
         """Wait while too many acknowledgements are unsent: the client is not reading."""
         await self._room.wait()
 
-    def start(self, write_timeout: float | None) -> None:
-        self._write_timeout = write_timeout
+    def start(self, keepalive: int) -> None:
+        """Start writing, and the keepalive watchdog: §3.1.2.10, no packet from the client
+        within 1.5 keepalive periods means it is gone; the same bound applies to a write
+        that makes no progress."""
+        if keepalive:
+            self._timeout = keepalive * 1.5
+            self.heard()
         self._pump = asyncio.create_task(self._run())
+
+    def heard(self) -> None:
+        """A packet came in: the keepalive deadline starts again."""
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        if self._watchdog is None and self._timeout is not None:
+            self._watchdog = loop.call_later(self._timeout, self._watch)
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._timeout is not None
+        idle = loop.time() - self._last_heard
+        if idle < self._timeout:
+            self._watchdog = loop.call_later(self._timeout - idle, self._watch)
+        else:
+            # Closing the transport ends every wait, reading or writing: the reading
+            # side sees a lost connection and the will goes out.
+            self._watchdog = None
+            self.writer.transport.abort()
 
     def close(self) -> None:
         """Drop the connection now, unsent output and all, and end its task."""
@@ -72,6 +98,8 @@ class Connection:
         """Stop writing; flush what is queued in the transport only when ``graceful``."""
         if self._pump is not None:
             self._pump.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         # A graceful close flushes first: only for a little output, or a client that
         # does not read would keep the connection (and its buffer) forever.
         if graceful and self.writer.transport.get_write_buffer_size() <= FLUSH_LIMIT:
@@ -93,7 +121,7 @@ class Connection:
         except ConnectionError:
             pass  # the reading side sees the same and ends the connection
         except WriteStalled:
-            log.warning("closing %s: it read nothing for %s s", self.client_id, self._write_timeout)
+            log.warning("closing %s: it read nothing for %s s", self.client_id, self._timeout)
         except Exception:  # the reading side ends the connection once the transport is gone
             log.exception("closing %s after an error while writing", self.client_id)
         finally:
@@ -111,10 +139,12 @@ class Connection:
     async def _drain(self) -> None:
         """``drain()``, but a client that takes nothing for the write timeout is dropped."""
         transport = self.writer.transport
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+            return  # below the high-water mark: drain() would not wait
         while True:
             before = transport.get_write_buffer_size()
             try:
-                await asyncio.wait_for(self.writer.drain(), self._write_timeout)
+                await asyncio.wait_for(self.writer.drain(), self._timeout)
                 return
             except asyncio.TimeoutError:
                 if transport.get_write_buffer_size() >= before:

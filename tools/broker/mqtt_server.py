@@ -181,13 +181,10 @@ class MqttServer:
 
     async def _read_loop(self, conn: Connection, keepalive: int) -> bool:
         """Handle packets until DISCONNECT (True); raises when the connection is lost."""
-        # §3.1.2.10: no packet within 1.5 keepalive periods means the client is gone.
-        timeout = keepalive * 1.5 if keepalive else None
-        conn.start(write_timeout=timeout)
+        conn.start(keepalive)
         while True:
-            kind, flags, body = await asyncio.wait_for(
-                read_packet(conn.reader, self.max_packet), timeout
-            )
+            kind, flags, body = await read_packet(conn.reader, self.max_packet)
+            conn.heard()
             if kind == DISCONNECT:
                 return True
             self._handle(conn, kind, flags, Fields(body))
