@@ -122,10 +122,11 @@ class Connection:
             pass  # the reading side sees the same and ends the connection
         except WriteStalled:
             log.warning("closing %s: it read nothing for %s s", self.client_id, self._timeout)
-        except Exception:  # the reading side ends the connection once the transport is gone
+            self.writer.transport.abort()  # the reading side then ends the connection
+        except Exception:
             log.exception("closing %s after an error while writing", self.client_id)
-        finally:
             self.writer.transport.abort()
+        finally:
             self._room.set()
 
     def _next(self) -> bytes | None:

@@ -53,7 +53,7 @@ from tools.broker.mqtt_codec import (
 from tools.broker.mqtt_connection import Connection
 from tools.broker.mqtt_session import DropLog, Limits, Session
 
-__all__ = ["Message", "MqttServer", "ProtocolError", "topic_matches", "valid_filter", "valid_topic"]
+__all__ = ["MqttServer"]
 
 log = logging.getLogger(__name__)
 

@@ -342,3 +342,18 @@ async def test_unsubscribe(broker: LocalBroker, fleet: str, raw: RawClients) -> 
     await pub.publish(topic, b"after", qos=1)
     await pub.publish(marker, b"marker", qos=1)
     assert [m.payload for m in await until(sub, b"marker")] == []
+
+
+@pytest.mark.parametrize(("clean", "code"), [(True, 0), (False, 2)])
+async def test_empty_client_id(
+    broker: LocalBroker, raw: RawClients, clean: bool, code: int
+) -> None:
+    """Accepted with a clean session (the broker names it), refused without (§3.1.3-8)."""
+    c = await raw.open(broker.port)
+    c.send(connect_packet("", clean=clean))
+    connack = await c.read()
+    assert (connack.kind, connack.body[1]) == (2, code)
+    if code:
+        assert await c.closed()
+    else:
+        await c.ping()
