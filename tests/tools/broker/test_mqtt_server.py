@@ -1,7 +1,8 @@
-"""fedmq's own broker: topic rules, the packet decoder, and the defects found against
-Mosquitto 2 (issue 10 §8), each driven over TCP with raw clients.
+"""fedmq's own broker: topic rules, the packet decoder, and what only it has (bounded
+QoS 0 memory, the drop summary line; issue 10 §8), driven over TCP with raw clients.
 
-Behaviour shared with Mosquitto is in test_same_behaviour.py.
+The other defects of §8 (keepalive while not reading, takeover, QoS 2) are cases of
+test_same_behaviour.py, which runs them against Mosquitto too.
 """
 
 from __future__ import annotations
