@@ -12,6 +12,7 @@ from collections.abc import Callable
 from fedmq.errors import BrokerError
 from tools.broker.base import LOOPBACK, LocalBroker
 from tools.broker.mqtt_server import MqttServer
+from tools.broker.mqtt_session import Limits
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,9 @@ class EmbeddedBroker(LocalBroker):
 
     For machines without Mosquitto. Retained messages and persistent sessions live in
     memory until it stops; see :mod:`tools.broker.mqtt_server` for what it does not support.
+    The limits are per client, as Mosquitto's: QoS 1/2 messages in flight and queued
+    beyond them, QoS 0 messages (and their payload bytes) waiting for a slow reader.
+    Dropped messages are logged as one line per ``drop_log_interval`` seconds.
     """
 
     kind = "embedded"
@@ -31,11 +35,15 @@ class EmbeddedBroker(LocalBroker):
         *,
         max_inflight: int = 100,
         max_queued: int = 10_000,
+        max_queued_qos0: int = 1_000,
+        max_queued_bytes: int = 16 * 1024 * 1024,
+        drop_log_interval: float = 60.0,
         start_timeout: float = 10.0,
         stop_timeout: float = 5.0,
     ):
         super().__init__(port, start_timeout=start_timeout, stop_timeout=stop_timeout)
-        self._limits = {"max_inflight": max_inflight, "max_queued": max_queued}
+        self._limits = Limits(max_inflight, max_queued, max_queued_qos0, max_queued_bytes)
+        self._drop_log_interval = drop_log_interval
         self._thread: threading.Thread | None = None
         self._cancel: Callable[[], object] | None = None
 
@@ -48,7 +56,9 @@ class EmbeddedBroker(LocalBroker):
 
     def _launch(self, port: int) -> int | BrokerError:
         listening: concurrent.futures.Future[int] = concurrent.futures.Future()
-        broker = MqttServer(LOOPBACK, port, **self._limits)
+        broker = MqttServer(
+            LOOPBACK, port, limits=self._limits, drop_log_interval=self._drop_log_interval
+        )
 
         async def serve() -> None:
             loop, task = asyncio.get_running_loop(), asyncio.current_task()

@@ -1,10 +1,14 @@
 """A small MQTT 3.1.1 broker in asyncio, for one-machine runs where Mosquitto is absent.
 
-It implements what fedmq uses and no more: CONNECT with clean or persistent sessions,
-last will and keepalive; PUBLISH at QoS 0 and 1 both ways with PUBACK; retained
+It behaves as Mosquitto 2 does for what fedmq uses (tests/tools/broker/
+test_same_behaviour.py runs the same cases against both): CONNECT with clean or
+persistent sessions, last will and keepalive; PUBLISH at QoS 0, 1 and 2 both ways
+(PUBACK; PUBREC/PUBREL/PUBCOMP, in-flight state kept by persistent sessions); retained
 messages; SUBSCRIBE and UNSUBSCRIBE with ``+`` and ``#``; PINGREQ; DISCONNECT.
-Not supported: QoS 2 (subscriptions are granted QoS 1 at most, and a QoS 2 PUBLISH
-closes the connection), authentication, TLS, MQTT 5, ``$SYS``, persistence to disk.
+Not supported: authentication, TLS, MQTT 5, ``$SYS``, shared subscriptions,
+persistence to disk. The pieces: :mod:`~tools.broker.mqtt_codec` (packets),
+:mod:`~tools.broker.mqtt_session` (queues, in-flight state),
+:mod:`~tools.broker.mqtt_connection` (writing); this module routes.
 Section numbers (§) refer to the MQTT 3.1.1 specification (OASIS, 2014).
 """
 
@@ -13,165 +17,87 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+from paho.mqtt.matcher import MQTTMatcher
 
 from fedmq.aio import TaskGroup
+from tools.broker.mqtt_codec import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    MAX_PAYLOAD,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    ConnectRequest,
+    Fields,
+    Message,
+    ProtocolError,
+    ack,
+    packet,
+    parse_connect,
+    read_packet,
+    topic_matches,
+    valid_filter,
+    valid_topic,
+)
+from tools.broker.mqtt_connection import Connection
+from tools.broker.mqtt_session import DropLog, Limits, Session
+
+__all__ = ["MqttServer"]
 
 log = logging.getLogger(__name__)
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
-SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
-PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
-MAX_PAYLOAD = 16 * 1024 * 1024  # as message_size_limit in broker_config/dev.conf
 
+class Subscriptions:
+    """Which client subscribed to which filter at which QoS, indexed by paho's topic trie."""
 
-class ProtocolError(Exception):
-    """Raised when a client breaks the protocol; the server closes its connection (§4.8)."""
+    def __init__(self) -> None:
+        self._trie = MQTTMatcher()  # filter -> (filter, {client id: QoS})
 
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool = False
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """True when ``topic`` matches ``topic_filter`` (§4.7); ``a/#`` also matches ``a``."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False  # §4.7.2: wildcards at the first level skip $-topics
-    levels, names = topic_filter.split("/"), topic.split("/")
-    for i, level in enumerate(levels):
-        if level == "#":
-            return True
-        if i >= len(names) or level not in ("+", names[i]):
-            return False
-    return len(levels) == len(names)
-
-
-def valid_topic(topic: str) -> bool:
-    """A topic name to publish to: not empty, no wildcards (§4.7.3, §3.3.2-2)."""
-    return bool(topic) and not any(c in topic for c in "+#\0")
-
-
-def valid_filter(topic_filter: str) -> bool:
-    """``#`` only as the whole last level, ``+`` only as a whole level (§4.7.1)."""
-    if not topic_filter or "\0" in topic_filter:
-        return False
-    levels = topic_filter.split("/")
-    return all(
-        ("#" not in level or (level == "#" and i == len(levels) - 1))
-        and ("+" not in level or level == "+")
-        for i, level in enumerate(levels)
-    )
-
-
-def _varint(n: int) -> bytes:
-    """The remaining-length encoding (§2.2.3): 7 bits a byte, high bit = more follow."""
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _packet(first: int, body: bytes = b"") -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-def _string(data: bytes) -> bytes:
-    return len(data).to_bytes(2, "big") + data
-
-
-def _publish_packet(message: Message, packet_id: int | None, dup: bool = False) -> bytes:
-    flags = (dup << 3) | (message.qos << 1) | message.retain
-    pid = packet_id.to_bytes(2, "big") if packet_id is not None else b""
-    return _packet(PUBLISH << 4 | flags, _string(message.topic.encode()) + pid + message.payload)
-
-
-class _Fields:
-    """Reads the fields of one packet body in order; too short means a malformed packet."""
-
-    def __init__(self, body: bytes):
-        self.body, self.pos = body, 0
-
-    def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.body):
-            raise ProtocolError("packet shorter than its fields")
-        self.pos += n
-        return self.body[self.pos - n : self.pos]
-
-    def byte(self) -> int:
-        return self.take(1)[0]
-
-    def uint16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
-
-    def binary(self) -> bytes:
-        return self.take(self.uint16())
-
-    def string(self) -> str:
+    def add(self, topic_filter: str, client_id: str, qos: int) -> None:
         try:
-            return self.binary().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("a string is not UTF-8") from exc
+            self._trie[topic_filter][1][client_id] = qos
+        except KeyError:
+            self._trie[topic_filter] = (topic_filter, {client_id: qos})
 
-    def rest(self) -> bytes:
-        return self.take(len(self.body) - self.pos)
+    def remove(self, topic_filter: str, client_id: str) -> None:
+        try:
+            _, clients = self._trie[topic_filter]
+        except KeyError:
+            return
+        clients.pop(client_id, None)
+        if not clients:
+            del self._trie[topic_filter]
 
-    @property
-    def done(self) -> bool:
-        return self.pos == len(self.body)
+    def match(self, topic: str) -> dict[str, int]:
+        """Each subscribed client once, with the QoS of the filter Mosquitto 2 picks.
+
+        Mosquitto 2.0 (checked on 2.0.11) sends a 3.1.1 client one copy, at the QoS of
+        its first matching filter in trie order, not the highest that §3.3.5-1 asks for.
+        """
+        chosen: dict[str, int] = {}
+        for _, clients in sorted(self._trie.iter_match(topic), key=_mosquitto_order):
+            for client_id, qos in clients.items():
+                chosen.setdefault(client_id, qos)
+        return chosen
 
 
-@dataclass
-class _Session:
-    """What the server keeps for one client id (§3.1.2.4); outlives connections if not clean."""
-
-    client_id: str
-    clean: bool
-    max_inflight: int
-    max_queued: int
-    subscriptions: dict[str, int] = field(default_factory=dict)
-    inflight: dict[int, Message] = field(default_factory=dict)  # sent, not yet acknowledged
-    pending: deque[Message] = field(default_factory=deque)  # QoS 1 waiting for a free slot
-    writer: asyncio.StreamWriter | None = None
-    last_id: int = 0
-
-    def deliver(self, message: Message) -> None:
-        if message.qos == 0:
-            if self.writer is not None:
-                self.writer.write(_publish_packet(message, None))
-        elif len(self.pending) < self.max_queued:
-            self.pending.append(message)
-            self.flush()
-        else:
-            log.warning("queue of %s full; dropped a message on %s", self.client_id, message.topic)
-
-    def flush(self) -> None:
-        """Send queued QoS 1 messages while the in-flight window has room."""
-        while self.writer is not None and self.pending and len(self.inflight) < self.max_inflight:
-            message = self.pending.popleft()
-            packet_id = self._next_id()
-            self.inflight[packet_id] = message
-            self.writer.write(_publish_packet(message, packet_id))
-
-    def resume(self, writer: asyncio.StreamWriter) -> None:
-        """Attach a new connection: resend unacknowledged messages with DUP set (§4.4)."""
-        self.writer = writer
-        for packet_id, message in self.inflight.items():
-            writer.write(_publish_packet(message, packet_id, dup=True))
-        self.flush()
-
-    def _next_id(self) -> int:
-        while True:
-            self.last_id = self.last_id % 65535 + 1
-            if self.last_id not in self.inflight:
-                return self.last_id
+def _mosquitto_order(entry: tuple[str, dict[str, int]]) -> list[int]:
+    """Mosquitto's walk of its subscription tree: at each level an exact name before
+    ``+`` before ``#``, and a node's ``#`` child (``a/#``) before the node itself (``a``)."""
+    levels = entry[0].split("/")
+    key = [2 if level == "#" else 1 if level == "+" else 0 for level in levels]
+    return key if levels[-1] == "#" else [*key, 3]
 
 
 class MqttServer:
@@ -183,158 +109,169 @@ class MqttServer:
         port: int = 0,
         *,
         max_payload: int = MAX_PAYLOAD,
-        max_inflight: int = 100,
-        max_queued: int = 10_000,
+        limits: Limits | None = None,
         connect_timeout: float = 10.0,
+        drop_log_interval: float = 60.0,
     ):
         self.host, self.port = host, port
         self.max_packet = max_payload + 65_536 + 4  # room for the topic and packet id
-        self.max_inflight, self.max_queued = max_inflight, max_queued
+        self.limits = limits or Limits()
         self.connect_timeout = connect_timeout
-        self._sessions: dict[str, _Session] = {}
+        self.drops = DropLog(drop_log_interval)
+        self._sessions: dict[str, Session] = {}
+        self._subscriptions = Subscriptions()
         self._retained: dict[str, Message] = {}
-        self._connections: dict[str, asyncio.Task[None]] = {}
+        self._connections: dict[str, Connection] = {}
 
     async def serve(self, ready: Callable[[int], object] | None = None) -> None:
         """Listen, call ``ready(port)``, and serve until this task is cancelled."""
-        async with TaskGroup() as tg:
+        try:
+            async with TaskGroup() as tg:
 
-            def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                try:
-                    tg.create_task(self._serve_client(reader, writer))
-                except RuntimeError:  # the task group is shutting down
-                    writer.close()
+                def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                    try:
+                        tg.create_task(self._serve_client(reader, writer))
+                    except RuntimeError:  # the task group is shutting down
+                        writer.close()
 
-            server = await asyncio.start_server(accept, self.host, self.port)
-            async with server:
-                self.port = server.sockets[0].getsockname()[1]
-                log.info("MQTT broker listening on %s:%d", self.host, self.port)
-                if ready is not None:
-                    ready(self.port)
-                await server.serve_forever()
+                server = await asyncio.start_server(accept, self.host, self.port)
+                async with server:
+                    self.port = server.sockets[0].getsockname()[1]
+                    log.info("MQTT broker listening on %s:%d", self.host, self.port)
+                    if ready is not None:
+                        ready(self.port)
+                    await server.serve_forever()
+        finally:
+            self.drops.flush()
 
     async def _serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        session: _Session | None = None
+        conn = Connection(reader, writer)
         will: Message | None = None
+        graceful = False
         try:
-            kind, _, body = await asyncio.wait_for(self._read(reader), self.connect_timeout)
+            kind, _, body = await asyncio.wait_for(
+                read_packet(reader, self.max_packet), self.connect_timeout
+            )
             if kind != CONNECT:
                 raise ProtocolError("the first packet must be CONNECT")  # §3.1.0-1
-            session, will, keepalive = await self._connect(_Fields(body), writer)
-            if session is None:
+            request = parse_connect(Fields(body))
+            if isinstance(request, int):
+                writer.write(packet(CONNACK << 4, bytes([0, request])))
+                graceful = True
                 return
-            while True:
-                # §3.1.2.10: no packet within 1.5 keepalive periods means the client is gone.
-                timeout = keepalive * 1.5 if keepalive else None
-                kind, flags, body = await asyncio.wait_for(self._read(reader), timeout)
-                if kind == DISCONNECT:
-                    will = None  # §3.14.4: a clean disconnect discards the will
-                    return
-                self._handle(session, kind, flags, _Fields(body), writer)
-                await writer.drain()
+            await self._attach(conn, request)
+            will = request.will
+            graceful = await self._read_loop(conn, request.keepalive)
+            if graceful:
+                will = None  # §3.14.4: a clean disconnect discards the will
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
             pass  # the network connection is gone; the will below says so
         except ProtocolError as exc:
-            log.warning("closing %s: %s", session.client_id if session else "a client", exc)
+            log.warning("closing %s: %s", conn.client_id, exc)
         except Exception:  # one client's trouble must not end the broker's task group
-            log.exception("closing %s after an error", session.client_id if session else "a client")
+            log.exception("closing %s after an error", conn.client_id)
         finally:
-            writer.close()
-            if session is not None:
-                self._detach(session, writer)
+            conn.finish(graceful)
+            self._detach(conn)
             if will is not None:
                 self._publish(will)  # §3.1.2.5: closed without DISCONNECT
+            conn.finished.set()
 
-    async def _connect(
-        self, fields: _Fields, writer: asyncio.StreamWriter
-    ) -> tuple[_Session | None, Message | None, int]:
-        if (fields.string(), fields.byte()) != ("MQTT", 4):
-            writer.write(_packet(CONNACK << 4, b"\x00\x01"))  # unacceptable protocol version
-            return None, None, 0
-        flags, keepalive, client_id = fields.byte(), fields.uint16(), fields.string()
-        clean = bool(flags & 0x02)
-        if flags & 0x01:
-            raise ProtocolError("reserved CONNECT flag set")  # §3.1.2-3
-        will = None
-        if flags & 0x04:
-            topic, payload = fields.string(), fields.binary()
-            if not valid_topic(topic):
-                raise ProtocolError(f"invalid will topic {topic!r}")
-            qos = min((flags >> 3) & 0x03, 1)  # QoS 2 wills are published at QoS 1
-            will = Message(topic, payload, qos, retain=bool(flags & 0x20))
-        for present in (flags & 0x80, flags & 0x40):  # username, password: accepted unread
-            if present:
-                fields.binary()
-        if not client_id:
-            if not clean:
-                writer.write(_packet(CONNACK << 4, b"\x00\x02"))  # identifier rejected
-                return None, None, 0
-            client_id = f"auto-{uuid.uuid4().hex}"
-        await self._take_over(client_id)
-        session = self._sessions.get(client_id)
-        present = session is not None and not clean
-        if session is None or clean:
-            session = _Session(client_id, clean, self.max_inflight, self.max_queued)
-            self._sessions[client_id] = session
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections[client_id] = task
-        writer.write(_packet(CONNACK << 4, bytes([present, 0])))
-        session.resume(writer)
-        log.debug("%s connected (clean=%s, keepalive=%d)", client_id, clean, keepalive)
-        return session, will, keepalive
+    async def _read_loop(self, conn: Connection, keepalive: int) -> bool:
+        """Handle packets until DISCONNECT (True); raises when the connection is lost."""
+        conn.start(keepalive)
+        while True:
+            kind, flags, body = await read_packet(conn.reader, self.max_packet)
+            conn.heard()
+            if kind == DISCONNECT:
+                return True
+            self._handle(conn, kind, flags, Fields(body))
+            await conn.room()
 
-    async def _take_over(self, client_id: str) -> None:
-        """§3.1.4-2: a second connection with the same id disconnects the first."""
+    async def _attach(self, conn: Connection, request: ConnectRequest) -> None:
+        """§3.1.4-2: a connection with a client id in use closes the older one, which
+        publishes its will first; exactly one connection per id survives."""
+        client_id = request.client_id or f"auto-{uuid.uuid4().hex}"
         previous = self._connections.get(client_id)
-        if previous is not None and previous is not asyncio.current_task():
-            previous.cancel()
-            await asyncio.wait([previous])  # its will is out before the newcomer starts
+        self._connections[client_id] = conn  # claimed before any await: no race
+        if previous is not None:
+            previous.close()
+            await previous.finished.wait()
+        if self._connections.get(client_id) is not conn:
+            raise ConnectionError("taken over by a newer connection")
+        session = self._sessions.get(client_id)
+        present = session is not None and not request.clean and not session.clean
+        if not present:
+            if session is not None:
+                self._end_session(session)
+            session = Session(client_id, request.clean, self.limits, self.drops)
+            self._sessions[client_id] = session
+        assert session is not None
+        conn.session, session.link = session, conn
+        conn.send(packet(CONNACK << 4, bytes([present, 0])))
+        for resend in session.resume():
+            conn.send(resend)
+        log.debug("%s connected (clean=%s)", client_id, request.clean)
 
-    def _handle(
-        self,
-        session: _Session,
-        kind: int,
-        flags: int,
-        fields: _Fields,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def _handle(self, conn: Connection, kind: int, flags: int, fields: Fields) -> None:
+        session = conn.session
+        assert session is not None
         if kind == PUBLISH:
-            self._on_publish(flags, fields, writer)
-        elif kind == PUBACK:
-            session.inflight.pop(fields.uint16(), None)
-            session.flush()
+            self._on_publish(conn, session, flags, fields)
+        elif kind in (PUBACK, PUBREC, PUBCOMP):
+            reply = session.acknowledged(kind, fields.uint16())
+            if reply is not None:
+                conn.send(reply)
+        elif kind == PUBREL:
+            if flags != 0b0010:
+                raise ProtocolError("PUBREL flags must be 0010")  # §3.6.1-1
+            packet_id = fields.uint16()
+            message = session.incoming.pop(packet_id, None)
+            if message is not None:
+                self._publish(message)  # §4.3.3: QoS 2 goes on at release, exactly once
+            conn.send(ack(PUBCOMP, packet_id))
         elif kind in (SUBSCRIBE, UNSUBSCRIBE):
             if flags != 0b0010:
                 raise ProtocolError("SUBSCRIBE/UNSUBSCRIBE flags must be 0010")  # §3.8.1-1
             packet_id = fields.uint16()
             if kind == SUBSCRIBE:
-                self._on_subscribe(session, packet_id, fields, writer)
+                self._on_subscribe(conn, session, packet_id, fields)
             else:
                 while not fields.done:
-                    session.subscriptions.pop(fields.string(), None)
-                writer.write(_packet(UNSUBACK << 4, packet_id.to_bytes(2, "big")))
+                    topic_filter = fields.string()
+                    session.subscriptions.pop(topic_filter, None)
+                    self._subscriptions.remove(topic_filter, session.client_id)
+                conn.send(ack(UNSUBACK, packet_id))
         elif kind == PINGREQ:
-            writer.write(_packet(PINGRESP << 4))
+            conn.send(packet(PINGRESP << 4))
         else:
             raise ProtocolError(f"unexpected packet type {kind}")
 
-    def _on_publish(self, flags: int, fields: _Fields, writer: asyncio.StreamWriter) -> None:
+    def _on_publish(self, conn: Connection, session: Session, flags: int, fields: Fields) -> None:
         qos, retain = (flags >> 1) & 0x03, bool(flags & 0x01)
-        if qos > 1:
-            raise ProtocolError("QoS 2 is not supported by this broker")
+        if qos == 3:
+            raise ProtocolError("PUBLISH with QoS 3")  # §3.3.1-4
         topic = fields.string()
         if not valid_topic(topic):
             raise ProtocolError(f"invalid topic name {topic!r}")
-        packet_id = fields.uint16() if qos else None
-        self._publish(Message(topic, fields.rest(), qos, retain))
-        if packet_id is not None:
-            writer.write(_packet(PUBACK << 4, packet_id.to_bytes(2, "big")))
+        packet_id = fields.uint16() if qos else 0
+        message = Message(topic, fields.rest(), qos, retain)
+        if qos == 2:
+            # Stored until PUBREL; a resent PUBLISH with the same id is not a new message.
+            if packet_id not in session.incoming:
+                if len(session.incoming) >= self.limits.max_queued:
+                    raise ProtocolError("too many QoS 2 messages without PUBREL")
+                session.incoming[packet_id] = message
+            conn.send(ack(PUBREC, packet_id))
+            return
+        self._publish(message)
+        if qos == 1:
+            conn.send(ack(PUBACK, packet_id))
 
     def _on_subscribe(
-        self, session: _Session, packet_id: int, fields: _Fields, writer: asyncio.StreamWriter
+        self, conn: Connection, session: Session, packet_id: int, fields: Fields
     ) -> None:
         granted: list[tuple[str, int]] = []
         codes = bytearray()
@@ -343,14 +280,15 @@ class MqttServer:
             if qos > 2:
                 raise ProtocolError("requested QoS above 2")  # §3.8.3-4
             if valid_filter(topic_filter):
-                session.subscriptions[topic_filter] = min(qos, 1)
-                granted.append((topic_filter, min(qos, 1)))
-                codes.append(min(qos, 1))
+                session.subscriptions[topic_filter] = qos
+                self._subscriptions.add(topic_filter, session.client_id, qos)
+                granted.append((topic_filter, qos))
+                codes.append(qos)
             else:
                 codes.append(0x80)
         if not codes:
             raise ProtocolError("SUBSCRIBE without a topic filter")  # §3.8.3-3
-        writer.write(_packet(SUBACK << 4, packet_id.to_bytes(2, "big") + codes))
+        conn.send(packet(SUBACK << 4, packet_id.to_bytes(2, "big") + codes))
         for topic_filter, qos in granted:  # §3.3.1-6: retained messages, RETAIN set
             for message in list(self._retained.values()):
                 if topic_matches(topic_filter, message.topic):
@@ -364,34 +302,26 @@ class MqttServer:
                 self._retained[message.topic] = message
             else:
                 self._retained.pop(message.topic, None)
-        for session in list(self._sessions.values()):
-            matching = [
-                q for f, q in session.subscriptions.items() if topic_matches(f, message.topic)
-            ]
-            if matching:  # one copy at the highest QoS of overlapping filters (§3.3.5-1)
-                qos = min(max(matching), message.qos)
-                session.deliver(Message(message.topic, message.payload, qos, retain=False))
+        for client_id, qos in self._subscriptions.match(message.topic).items():
+            session = self._sessions.get(client_id)
+            if session is not None:
+                copy = Message(message.topic, message.payload, min(qos, message.qos))
+                session.deliver(copy)
 
-    def _detach(self, session: _Session, writer: asyncio.StreamWriter) -> None:
-        if session.writer is writer:
-            session.writer = None
-            if self._connections.get(session.client_id) is asyncio.current_task():
-                del self._connections[session.client_id]
+    def _detach(self, conn: Connection) -> None:
+        session = conn.session
+        if session is None:
+            return
+        if session.link is conn:
+            session.link = None
+            session.discard_queues()
+        if self._connections.get(session.client_id) is conn:
+            del self._connections[session.client_id]
             if session.clean and self._sessions.get(session.client_id) is session:
-                del self._sessions[session.client_id]  # §3.1.2-6: clean sessions end here
+                self._end_session(session)  # §3.1.2-6: clean sessions end here
 
-    async def _read(self, reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
-        """One packet: (type, flags, body)."""
-        first = (await reader.readexactly(1))[0]
-        length, shift = 0, 0
-        while True:
-            byte = (await reader.readexactly(1))[0]
-            length |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise ProtocolError("malformed remaining length")  # §2.2.3: 4 bytes at most
-        if length > self.max_packet:
-            raise ProtocolError(f"packet of {length} bytes is over the {self.max_packet} limit")
-        return first >> 4, first & 0x0F, await reader.readexactly(length)
+    def _end_session(self, session: Session) -> None:
+        for topic_filter in session.subscriptions:
+            self._subscriptions.remove(topic_filter, session.client_id)
+        if self._sessions.get(session.client_id) is session:
+            del self._sessions[session.client_id]
