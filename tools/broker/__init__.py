@@ -14,7 +14,8 @@ EmbeddedBroker(port=0) as b`` (or any kind from :func:`choose_broker`): the bloc
 start and stop then run in a worker thread, never in the event loop, and a broker thread
 keeps serving while the caller's loop is busy.
 
-The code lives in ``base``, ``mosquitto``, ``embedded`` and ``mqtt_server``;
+The code lives in ``base``, ``mosquitto``, ``embedded`` and the embedded server
+(``mqtt_server``: the router; ``mqtt_codec``, ``mqtt_session``, ``mqtt_connection``);
 import it from here.
 
 Why our own broker: amqtt 0.12.1 sends a connecting client the retained messages that
