@@ -64,11 +64,12 @@ class Intake:
         *,
         max_update_bytes: int = MAX_BYTES,
         ledger: Ledger | None = None,
+        log: logging.Logger = log,
     ) -> None:
         self.arch = arch
         self.strategy = strategy
         self.validator = Validator(topics, arch, max_bytes=max_update_bytes)
-        self.counters = Counters(log)
+        self.counters = Counters(log)  # rejections are logged there
         self.ledger = ledger
         if ledger is not None:
             self._resume(ledger)

@@ -82,6 +82,9 @@ def simulate_command(
         help="Refuse non-finite deltas and norms above 4x the running median; "
         "FedBuff also uses a 20% trimmed mean.",
     ),
+    encoding: str = typer.Option(
+        "f32", help="How devices put their deltas on the wire: f32 | f16 | q8."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
     """Simulate a fleet in-process on a virtual clock (no network, no sleeping).
@@ -117,6 +120,7 @@ def simulate_command(
         malicious=malicious,
         attack=attack,
         defence=defence,
+        encoding=encoding,
     )
     if as_json:
         result = simulate(cfg)
