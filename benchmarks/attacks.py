@@ -39,7 +39,7 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--partition", default="dirichlet:0.3")
@@ -52,7 +52,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--defence-params", type=json.loads, default={}, help="JSON, for tuning")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/attacks.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _row(attack: str, frac: float, defence: bool, r: dict, clean: dict) -> dict[str, Any]:
+    mal_rejected = sum(r["malicious_rejected_by_reason"].values())
+    return {
+        "attack": attack,
+        "malicious": frac,
+        "defence": defence,
+        "malicious_devices": r["malicious_devices"],
+        "accuracy": r["tail_accuracy"],
+        "final_accuracy": r["test_accuracy"],
+        "vs_clean": round(r["tail_accuracy"] - clean[defence]["tail_accuracy"], 4),
+        "vs_clean_undefended": round(r["tail_accuracy"] - clean[False]["tail_accuracy"], 4),
+        "malicious_applied": r["malicious_applied"],
+        "malicious_rejected": mal_rejected,
+        "honest_rejected": r["updates_rejected"] - mal_rejected,
+        "rejected_by_reason": r["rejected_by_reason"],
+        "versions": r["versions"],
+        "wall_s": r["wall_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _args(argv)
     attacks = args.attacks.split(",")
     base = dict(
         task="digits",
@@ -78,27 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with ProcessPoolExecutor(args.workers) as pool:
         outs = list(pool.map(_run, configs, [args.tail] * len(configs)))
     clean = {d: out for (a, _, d), out in zip(plan, outs, strict=True) if a == "none"}
-    rows = []
-    for (attack, frac, defence), r in zip(plan, outs, strict=True):
-        rows.append(
-            {
-                "attack": attack,
-                "malicious": frac,
-                "defence": defence,
-                "malicious_devices": r["malicious_devices"],
-                "accuracy": r["tail_accuracy"],
-                "final_accuracy": r["test_accuracy"],
-                "vs_clean": round(r["tail_accuracy"] - clean[defence]["tail_accuracy"], 4),
-                "vs_clean_undefended": round(r["tail_accuracy"] - clean[False]["tail_accuracy"], 4),
-                "malicious_applied": r["malicious_applied"],
-                "malicious_rejected": sum(r["malicious_rejected_by_reason"].values()),
-                "honest_rejected": r["updates_rejected"]
-                - sum(r["malicious_rejected_by_reason"].values()),
-                "rejected_by_reason": r["rejected_by_reason"],
-                "versions": r["versions"],
-                "wall_s": r["wall_s"],
-            }
-        )
+    rows = [_row(*key, r, clean) for key, r in zip(plan, outs, strict=True)]
     report = {
         "setup": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "strategy_params": {d: clean[d]["strategy_params"] for d in (True, False)},

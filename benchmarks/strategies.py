@@ -52,6 +52,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with ProcessPoolExecutor() as pool:
         results = dict(zip(STRATEGIES, pool.map(_run, configs), strict=True))
     central = centralized_baseline(load_task("digits", seed=args.seed), seed=args.seed)
+    rows = _rows(results)
+    report = {
+        "setup": {k: v for k, v in vars(args).items() if k != "out"},
+        "split": "digits: stratified 80/20, split seed 0 (1437 train / 360 test)",
+        "centralized_accuracy": round(central, 4),
+        "centralized_setup": "64-32-10 relu MLP, 40 epochs, lr 0.05, batch 16, seed as above",
+        "results": rows,
+    }
+    _print_table(rows)
+    print(f"centralized {central:.4f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     base = results["fedavg"]["time_to_target_s"]
     rows = []
     for name, r in results.items():
@@ -71,13 +87,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "wall_s": r["wall_s"],
             }
         )
-    report = {
-        "setup": {k: v for k, v in vars(args).items() if k != "out"},
-        "split": "digits: stratified 80/20, split seed 0 (1437 train / 360 test)",
-        "centralized_accuracy": round(central, 4),
-        "centralized_setup": "64-32-10 relu MLP, 40 epochs, lr 0.05, batch 16, seed as above",
-        "results": rows,
-    }
+    return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
     print(f"{'strategy':<10}{'acc':>8}{'best':>8}{'t→target':>10}{'÷fedavg':>9}{'versions':>10}")
     for r in rows:
         t = "-" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.2f}s"
@@ -86,10 +99,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{r['strategy']:<10}{r['test_accuracy']:>8.4f}{r['best_accuracy']:>8.4f}"
             f"{t:>10}{ratio:>9}{r['versions']:>10}"
         )
-    print(f"centralized {central:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 if __name__ == "__main__":
