@@ -16,6 +16,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from fedmq.wire import GlobalModel
 
 HISTORY_MAX_BYTES = 8 * 1024 * 1024
 HISTORY_KEEP = 3
+PARENT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,21 @@ class History:
             if older.exists():
                 older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
         self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+
+
+def _follow_parent(parent: int) -> None:
+    """In the export process: exit when the aggregator is gone, even by kill -9.
+
+    Its task queue never reports the parent's death (the child holds both ends of
+    the pipe), so the child watches its parent id instead.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fedmq-follow-parent", daemon=True).start()
 
 
 def _onnx_bytes(model: GlobalModel) -> bytes:
@@ -116,7 +133,9 @@ class Publisher:
             return
         if self._exporter is None:
             spawn = multiprocessing.get_context("spawn")  # no fork of a threaded process
-            self._exporter = ProcessPoolExecutor(1, mp_context=spawn)
+            self._exporter = ProcessPoolExecutor(
+                1, mp_context=spawn, initializer=_follow_parent, initargs=(os.getpid(),)
+            )
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(self._exporter, _onnx_bytes, model)
         await asyncio.to_thread(self._write_onnx, data)
