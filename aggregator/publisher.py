@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +111,7 @@ class Publisher:
         self.last_eval: Evaluation | None = None
         self.published_version = -1
         self._exporter: ProcessPoolExecutor | None = None
+        self._exporter_lock = threading.Lock()
 
     async def publish_model(
         self, client: aiomqtt.Client, snap: Snapshot, *, export: bool = True
@@ -131,15 +132,20 @@ class Publisher:
     async def publish_onnx(self, client: aiomqtt.Client, model: GlobalModel) -> None:
         if not self.export_onnx:
             return
-        if self._exporter is None:
-            spawn = multiprocessing.get_context("spawn")  # no fork of a threaded process
-            self._exporter = ProcessPoolExecutor(
-                1, mp_context=spawn, initializer=_follow_parent, initargs=(os.getpid(),)
-            )
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(self._exporter, _onnx_bytes, model)
+        # Starting the process (and submitting) forks: not on the event loop either.
+        job = await asyncio.to_thread(self._export_job, model)
+        data = await asyncio.wrap_future(job)
         await asyncio.to_thread(self._write_onnx, data)
         await client.publish(self.topics.model_onnx, data, qos=1, retain=True)
+
+    def _export_job(self, model: GlobalModel) -> Future[bytes]:
+        with self._exporter_lock:  # two exports can start together: one process
+            if self._exporter is None:
+                spawn = multiprocessing.get_context("spawn")  # no fork of a threaded process
+                self._exporter = ProcessPoolExecutor(
+                    1, mp_context=spawn, initializer=_follow_parent, initargs=(os.getpid(),)
+                )
+            return self._exporter.submit(_onnx_bytes, model)
 
     def _write_onnx(self, data: bytes) -> None:
         from fedmq.onnx_export import write_onnx
@@ -168,6 +174,7 @@ class Publisher:
         return Evaluation(version, acc, loss(self.arch, weights, x, y), time.time())
 
     def close(self) -> None:
-        if self._exporter is not None:
-            self._exporter.shutdown(wait=False, cancel_futures=True)
-            self._exporter = None
+        with self._exporter_lock:
+            if self._exporter is not None:
+                self._exporter.shutdown(wait=False, cancel_futures=True)
+                self._exporter = None
