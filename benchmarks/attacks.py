@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.attacks [--fractions 0.1,0.2,0.3] [--out PATH.json]
 
-FedBuff on digits with 50 devices; for each attack (``tools.sim.simulate.ATTACKS``) and each
+FedBuff on digits with 50 devices; for each attack (``tools.sim.attacks.ATTACKS``) and each
 fraction of malicious devices, one run with the default defences and one without, plus
 the clean (0 %) run each way. Every run has the same seed, so the data split, delays and
 the honest devices' training draws are the same; the malicious devices are chosen by
@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.fleet import fleet_parser, write_report
-from tools.sim.simulate import ATTACKS, SimConfig, simulate
+from tools.sim.attacks import ATTACKS
+from tools.sim.simulate import SimConfig, simulate
 
 
 def _run(cfg: SimConfig, tail: float) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
+from fedmq.backoff import Backoff
 from fedmq.data import Dataset
 from fedmq.errors import FedmqError
 from fedmq.identity import client_id
@@ -61,21 +61,6 @@ class AgentStats:
     models_received: int = 0
     bad_models: int = 0
     connects: int = 0
-
-
-class Backoff:
-    """Full-jitter exponential backoff (AWS architecture blog, 2015)."""
-
-    def __init__(self, base: float, cap: float, rng: random.Random) -> None:
-        self.base, self.cap, self.rng, self.attempt = base, cap, rng, 0
-
-    def next(self) -> float:
-        delay = self.rng.uniform(0, min(self.cap, self.base * 2**self.attempt))
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Agent:
@@ -120,7 +105,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set: connect, reconnect with backoff, then go offline."""
-        backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_cap, random.Random())
+        backoff = Backoff(self.cfg.backoff_base, self.cfg.backoff_cap)
         while not stop.is_set():
             try:
                 await self._connected_session(stop)

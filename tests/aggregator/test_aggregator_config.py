@@ -63,9 +63,8 @@ def test_build_carries_every_section_into_the_daemon(tmp_path):
     assert (agg.cfg.checkpoint_every, agg.cfg.durable, agg.cfg.publish_interval) == (7, True, 0.5)
     params = agg.strategy.params()
     assert (params["k"], params["trim"], params["norm_factor"]) == (3, 0.1, 4.0)
-    assert (agg.hyper.epochs, agg.hyper.lr) == (3, 0.2)
-    if agg.ledger is not None:
-        agg.ledger.close()
+    assert (agg.publisher.hyper.epochs, agg.publisher.hyper.lr) == (3, 0.2)
+    agg.close()
 
 
 def test_a_parameter_for_another_strategy_is_an_error(tmp_path):

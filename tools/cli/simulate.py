@@ -68,6 +68,9 @@ def simulate_command(
         help="What malicious devices send: signflip (the honest delta x -10) | noise "
         "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y).",
     ),
+    encoding: str = typer.Option(
+        "f32", help="How devices put their deltas on the wire: f32 | f16 | q8."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     settings: Any = None,
 ) -> None:
@@ -95,6 +98,7 @@ def simulate_command(
         until_target=until_target,
         malicious=malicious,
         attack=attack,
+        encoding=encoding,
     )
     if as_json:
         typer.echo(json.dumps(simulate(cfg).to_dict()))

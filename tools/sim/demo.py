@@ -30,8 +30,10 @@ from fedmq.errors import BrokerError, ConfigError
 from fedmq.model import Weights, init_weights
 from fedmq.training import Hyper, TrainStats
 from fedmq.wire import GlobalModel, Update
+from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan, signflip
+from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
-from tools.sim.simulate import ATTACKS, SIGNFLIP_SCALE, DelayModel, attack_update, pick_malicious
+from tools.sim.simulate import fleet_params
 from tools.sim.tasks import Task, load_task
 
 DEFAULT_TARGETS = {"digits": 0.92, "linreg": 0.0105}  # accuracy, or test MSE for linreg
@@ -54,7 +56,7 @@ class DemoConfig:
     seed: int = 0
     fleet: str = "demo"
     out_dir: Path = Path("runs/demo")
-    malicious: float = 0.0  # fraction of devices that attack (see tools.sim.simulate.ATTACKS)
+    malicious: float = 0.0  # fraction of devices that attack (see tools.sim.attacks.ATTACKS)
     attack: str = "signflip"
     defence: bool = StrategyConfig.defence
 
@@ -74,7 +76,7 @@ class DemoConfig:
 
 
 class MaliciousAgent(Agent):
-    """A real agent on the wire whose updates attack the model (``tools.sim.simulate.ATTACKS``)."""
+    """A real agent on the wire whose updates attack the model (``tools.sim.attacks.ATTACKS``)."""
 
     def __init__(self, cfg: AgentConfig, data: Dataset, *, attack: str) -> None:
         super().__init__(cfg, data)
@@ -83,7 +85,7 @@ class MaliciousAgent(Agent):
     def _local_run(self, model: GlobalModel, stop: threading.Event) -> tuple[Weights, TrainStats]:
         delta, stats = super()._local_run(model, stop)
         if self.attack == "signflip":
-            delta = {k: (-SIGNFLIP_SCALE * v).astype(np.float32) for k, v in delta.items()}
+            delta = signflip(delta)
         elif self.attack in ("noise", "labelflip"):
             x, y = self.data.x, self.data.y
             args = (model.arch, model.weights, x, y, model.hyper, self.rng)
@@ -92,10 +94,8 @@ class MaliciousAgent(Agent):
 
     async def _train(self, model: GlobalModel) -> Update:
         update = await super()._train(model)
-        if self.attack == "nan":
-            # The codec refuses to encode NaN; an attacker writes the bytes anyway.
-            update.delta = {k: np.full_like(v, np.nan) for k, v in update.delta.items()}
-        return update
+        # The codec refuses to encode NaN; an attacker writes the bytes anyway.
+        return poison_nan(update) if self.attack == "nan" else update
 
 
 @dataclass(frozen=True)
@@ -158,12 +158,7 @@ async def run_demo(
     hyper = Hyper(**(task.hyper.__dict__ | cfg.hyper))
     shards = _shards(task, cfg, rng)
     delays = DelayModel.parse(cfg.delays).per_device(cfg.devices, rng)
-    params = dict(cfg.strategy_params)
-    if cfg.strategy == "fedavg":
-        params.setdefault("clients_per_round", cfg.devices)
-    elif cfg.strategy == "fedbuff":
-        # Each device sends one update per version: a buffer larger than the fleet never fills.
-        params.setdefault("k", min(StrategyConfig.k, cfg.devices))
+    params = fleet_params(cfg.strategy, cfg.devices, cfg.strategy_params)
     strategy = make_strategy(
         cfg.strategy, init_weights(task.arch, cfg.seed), 0, defence=cfg.defence, **params
     )

@@ -1,16 +1,19 @@
 """An in-process discrete-event simulation of a fleet, on a virtual clock.
 
 No sleeping and no network: each device's local run takes a virtual duration drawn
-from its delay model, events are processed in time order, and the real strategy
-classes decide what each update does. The same seed gives the same result.
+from its delay model, and events are processed in time order. Everything else is the
+daemon's own: each update is encoded with the wire codec in the fleet's ``encoding``
+and goes through ``aggregator.intake.Intake`` (validator, defences, strategy,
+counters), and rounds close by ``aggregator.deadline``. The same seed gives the same
+result.
 
 Device behaviour mirrors the edge agent: a device trains on a version it has not
 trained on yet; when it finishes and no newer version exists, it waits for one.
 Synchronous FedAvg instead starts a round by sampling idle devices and closes it when
 all selected devices reported or the round deadline passed.
 
-A fraction of the devices can be malicious (``ATTACKS`` says what each sends); the
-strategy is wrapped in its defences (``aggregator.strategies.robust``) unless
+A fraction of the devices can be malicious (``tools.sim.attacks.ATTACKS`` says what
+each sends); the strategy is wrapped in its defences (``aggregator.strategies.robust``) unless
 ``defence=False``.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import math
 import time
 from collections import Counter
@@ -28,95 +32,26 @@ from typing import Any
 import numpy as np
 
 from aggregator.config import StrategyConfig
-from aggregator.strategies import Contribution, Strategy, make_strategy
-from fedmq.errors import ConfigError, UpdateRejected
-from fedmq.model import Arch, Weights, accuracy, init_weights, loss
-from fedmq.spec import parse_spec
+from aggregator.deadline import Deadline
+from aggregator.intake import Intake
+from aggregator.strategies import Strategy, make_strategy
+from fedmq.errors import ConfigError
+from fedmq.model import Weights, accuracy, init_weights, loss
+from fedmq.topics import Topics
 from fedmq.training import Hyper, train_local
+from fedmq.wire import ENCODINGS, Update
+from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
+from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
 from tools.sim.tasks import Task, load_task
+
+# The intake's rejection warnings are the daemon's; a simulation reports its counts.
+log = logging.getLogger("fedmq.sim")
+log.addHandler(logging.NullHandler())
 
 # Each run's duration is the device's own delay times this much lognormal jitter,
 # so devices keep their speed ranking without moving in lockstep.
 RUN_JITTER_SIGMA = 0.1
-
-# What a malicious device sends instead of its honest delta.
-ATTACKS = {
-    "signflip": "the honest delta negated and scaled x10",
-    "noise": "Gaussian noise with 10x the RMS of the honest delta (norm ~10x honest)",
-    "nan": "a delta full of NaN",
-    "labelflip": "an honest run on flipped labels y -> C-1-y",
-}
-SIGNFLIP_SCALE = 10.0
-NOISE_SCALE = 10.0
-
-
-def pick_malicious(devices: int, fraction: float, seed: int) -> list[int]:
-    """Which devices attack: ``round(fraction * devices)`` of them, chosen by seed.
-
-    A generator of its own, so the split, delays and training draws are the clean run's.
-    """
-    count = round(fraction * devices)
-    rng = np.random.default_rng([seed, 0xBAD])
-    return sorted(int(i) for i in rng.choice(devices, size=count, replace=False))
-
-
-def attack_update(
-    attack: str,
-    arch: Arch,
-    base: Weights,
-    x: np.ndarray,
-    y: np.ndarray,
-    hyper: Hyper,
-    rng: np.random.Generator,
-) -> Weights:
-    """The delta a malicious device sends (see ``ATTACKS``)."""
-    if attack == "nan":
-        return {k: np.full_like(v, np.nan) for k, v in base.items()}
-    if attack == "labelflip":
-        flipped = arch.n_outputs - 1 - np.asarray(y)
-        return train_local(arch, base, x, flipped, hyper, rng)[0]
-    honest, _ = train_local(arch, base, x, y, hyper, rng)
-    if attack == "signflip":
-        return {k: (-SIGNFLIP_SCALE * v).astype(np.float32) for k, v in honest.items()}
-    size = sum(v.size for v in honest.values())
-    rms = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in honest.values()) / size))
-    return {
-        k: rng.normal(0.0, NOISE_SCALE * rms, v.shape).astype(np.float32) for k, v in honest.items()
-    }
-
-
-@dataclass(frozen=True)
-class DelayModel:
-    """Per-device compute delays: ``lognormal:MEDIAN_S,SIGMA`` or ``constant:S``."""
-
-    kind: str
-    median: float
-    sigma: float = 0.0
-
-    @classmethod
-    def parse(cls, spec: str) -> DelayModel:
-        name, nums, _ = parse_spec(spec) or ("", (), "")
-        ok = (name == "lognormal" and len(nums) == 2 and nums[0] > 0 and nums[1] >= 0) or (
-            name == "constant" and len(nums) == 1 and nums[0] > 0
-        )
-        if not ok:
-            raise ConfigError(
-                "bad_delays",
-                f"bad delays {spec!r}: use lognormal:MEDIAN_S,SIGMA (e.g. lognormal:0.05,1.0) "
-                "or constant:S with positive numbers",
-            )
-        return cls(name, *nums)
-
-    def per_device(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        if self.kind == "constant":
-            return np.full(n, self.median)
-        return self.median * np.exp(self.sigma * rng.standard_normal(n))
-
-    def __str__(self) -> str:
-        if self.kind == "constant":
-            return f"constant:{self.median:g}"
-        return f"lognormal:{self.median:g},{self.sigma:g}"
 
 
 @dataclass(frozen=True)
@@ -137,6 +72,7 @@ class SimConfig:
     malicious: float = 0.0  # fraction of devices, chosen by seed, that send attacks
     attack: str = "signflip"
     defence: bool = StrategyConfig.defence  # wrap it in its defences (strategies.robust)
+    encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -153,6 +89,8 @@ class SimConfig:
             raise ConfigError(
                 "bad_attack", f"unknown attack {self.attack!r}: use one of {', '.join(ATTACKS)}"
             )
+        if self.encoding not in ENCODINGS:
+            raise ConfigError("bad_encoding", f"--encoding must be one of {', '.join(ENCODINGS)}")
 
 
 @dataclass
@@ -165,6 +103,11 @@ class _Device:
     trained_on: int = -1
     busy: bool = False
     malicious: bool = False
+    seq: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"sim-{self.index:04d}"
 
 
 @dataclass
@@ -198,6 +141,7 @@ class SimResult:
             "malicious": cfg.malicious,
             "attack": cfg.attack,
             "defence": cfg.defence,
+            "encoding": cfg.encoding,
             "malicious_devices": self.malicious_devices,
             "malicious_applied": self.malicious_applied,
             "malicious_rejected_by_reason": dict(sorted(self.malicious_rejected.items())),
@@ -250,6 +194,20 @@ def _hyper(task: Task, cfg: SimConfig) -> Hyper:
 Progress = Callable[[float, int, float], None]
 
 
+def fleet_params(strategy: str, devices: int, given: dict[str, Any]) -> dict[str, Any]:
+    """The strategy parameters for a fleet of ``devices``: ``given``, then fleet defaults.
+
+    FedAvg hears every device each round; FedBuff's buffer is at most the fleet, since
+    each device sends one update per version and a larger buffer would never fill.
+    """
+    params = dict(given)
+    if strategy == "fedavg":
+        params.setdefault("clients_per_round", devices)
+    elif strategy == "fedbuff":
+        params.setdefault("k", min(StrategyConfig.k, devices))
+    return params
+
+
 class _Simulation:
     def __init__(self, cfg: SimConfig, progress: Progress | None) -> None:
         self.cfg = cfg
@@ -270,31 +228,29 @@ class _Simulation:
         for i in pick_malicious(cfg.devices, cfg.malicious, cfg.seed):
             self.devices[i].malicious = True
         self.rng = rng
-        params = dict(cfg.strategy_params)
-        if cfg.strategy == "fedavg":
-            params.setdefault("clients_per_round", cfg.devices)
-        elif cfg.strategy == "fedbuff":
-            # Each device sends one update per version: a buffer larger than the fleet never fills.
-            params.setdefault("k", min(StrategyConfig.k, cfg.devices))
-        self.strategy: Strategy = make_strategy(
+        strategy = make_strategy(
             cfg.strategy,
             init_weights(self.task.arch, cfg.seed),
             0,
             defence=cfg.defence,
-            **params,
+            **fleet_params(cfg.strategy, cfg.devices, cfg.strategy_params),
         )
+        self.topics = Topics("sim")
+        self.intake = Intake(self.topics, self.task.arch, strategy, log=log)
         self.sync = cfg.strategy == "fedavg"
+        self.deadline = Deadline(cfg.round_deadline if self.sync else None, 0.0)
         self.events: list[tuple[float, int, str, int, Any]] = []
         self._tick = 0
         self.now = 0.0
-        self.applied = 0
-        self.rejected: Counter = Counter()
         self.malicious_applied = 0
         self.malicious_rejected: Counter = Counter()
         self.history: list[tuple[float, int, float]] = []
         self.time_to_target: float | None = None
         self.last_eval = -math.inf
-        self.round_id = 0
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.intake.strategy
 
     def _push(self, t: float, kind: str, device: int, payload: Any) -> None:
         self._tick += 1
@@ -313,9 +269,9 @@ class _Simulation:
         chosen = self.rng.choice(len(idle), size=want, replace=False) if want else []
         for i in sorted(chosen):
             self._start(idle[i])
-        self.round_id += 1
-        if self.cfg.round_deadline is not None:
-            self._push(self.now + self.cfg.round_deadline, "deadline", -1, self.round_id)
+        due = self.deadline.due_at
+        if due is not None:
+            self._push(due, "deadline", -1, None)
 
     def _evaluate(self, force: bool = False) -> None:
         if not force and self.now - self.last_eval < self.cfg.eval_interval:
@@ -333,6 +289,7 @@ class _Simulation:
             self.progress(self.now, self.strategy.version, metric)
 
     def _new_version(self) -> None:
+        self.deadline.versioned(self.now)
         self._evaluate()
         if self.sync:
             self._start_round()
@@ -342,23 +299,14 @@ class _Simulation:
                 self._start(dev)
 
     def _finish(self, dev: _Device, base_version: int, base: dict[str, np.ndarray]) -> None:
-        if dev.malicious:
-            arch, hyper = self.task.arch, self.hyper
-            delta = attack_update(self.cfg.attack, arch, base, dev.x, dev.y, hyper, dev.rng)
-        else:
-            delta, _ = train_local(self.task.arch, base, dev.x, dev.y, self.hyper, dev.rng)
         dev.busy = False
-        c = Contribution(delta, base_version, len(dev.x), device=f"sim-{dev.index:04d}")
-        try:
-            new_version = self.strategy.apply(c)
-            self.applied += 1
-            self.malicious_applied += dev.malicious
-        except UpdateRejected as exc:
-            self.rejected[exc.reason] += 1
-            if dev.malicious:
-                self.malicious_rejected[exc.reason] += 1
-            new_version = False
-        if new_version:
+        payload = self._payload(dev, base_version, base)
+        outcome = self.intake.handle(self.topics.update(dev.name), payload)
+        if dev.malicious:
+            self.malicious_applied += outcome.applied
+            if outcome.reason is not None:
+                self.malicious_rejected[outcome.reason] += 1
+        if outcome.new_version:
             self._new_version()
         elif not self.sync and self.strategy.version > dev.trained_on:
             self._start(dev)
@@ -366,16 +314,42 @@ class _Simulation:
             # Refused updates can leave a FedBuff buffer short of K, or a FedAvg round short
             # of its devices, with every device waiting for a new version. The service's
             # round deadline would close it; nothing else can arrive, so close it now.
-            if self.strategy.flush():
+            if self.intake.flush().new_version:
                 self._new_version()
             elif self.sync:
                 self._start_round()
+
+    def _payload(self, dev: _Device, base_version: int, base: Weights) -> bytes:
+        """The bytes device ``dev`` publishes: its update in the fleet's encoding."""
+        arch, hyper = self.task.arch, self.hyper
+        if dev.malicious:
+            delta = attack_update(self.cfg.attack, arch, base, dev.x, dev.y, hyper, dev.rng)
+            steps = 0
+        else:
+            delta, stats = train_local(arch, base, dev.x, dev.y, hyper, dev.rng)
+            steps = stats.steps
+        nan = dev.malicious and self.cfg.attack == "nan"
+        update = Update.from_delta(
+            {k: np.zeros_like(v) for k, v in delta.items()} if nan else delta,
+            encoding=self.cfg.encoding,
+            device=dev.name,
+            seq=dev.seq,
+            base_version=base_version,
+            num_samples=len(dev.x),
+            steps=steps,
+            loss=None,
+        )
+        dev.seq += 1
+        return (poison_nan(update) if nan else update).encode()
 
     def _stalled(self) -> bool:
         """No device is training and no round deadline will fire (clean runs never stall)."""
         if self.sync and self.cfg.round_deadline is not None:
             return False
         return not any(d.busy for d in self.devices)
+
+    def _flush(self) -> bool:
+        return self.intake.flush().new_version
 
     def run(self) -> SimResult:
         with _poison_tolerant(self.cfg):
@@ -393,9 +367,9 @@ class _Simulation:
             self.now, _, kind, index, payload = heapq.heappop(self.events)
             if kind == "done":
                 self._finish(self.devices[index], *payload)
-            elif kind == "deadline" and payload == self.round_id:
+            elif kind == "deadline" and self.deadline.expired(self.now):
                 # A round nobody finished in time is simply started again.
-                if self.strategy.flush():
+                if self.deadline.fire(self.now, self._flush):
                     self._new_version()
                 else:
                     self._start_round()
@@ -406,8 +380,8 @@ class _Simulation:
             config=self.cfg,
             task=self.task,
             versions=self.strategy.version,
-            updates_applied=self.applied,
-            rejected=self.rejected,
+            updates_applied=self.intake.counters.accepted,
+            rejected=self.intake.counters.rejected,
             virtual_time_s=self.now,
             time_to_target_s=self.time_to_target,
             history=self.history,

@@ -1,0 +1,130 @@
+"""The intake engine, the deadline policy and the history file, without a broker."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aggregator.deadline import Deadline
+from aggregator.intake import Intake
+from aggregator.ledger import Ledger
+from aggregator.publisher import History, make_out_dir
+from aggregator.strategies import make_strategy
+from fedmq.model import Arch, init_weights
+from fedmq.topics import Topics
+from fedmq.wire import Update
+
+ARCH = Arch("mlp", (4, 8, 3))
+TOPICS = Topics("f")
+
+
+def _intake(strategy: str = "fedbuff", ledger: Ledger | None = None, **params) -> Intake:
+    return Intake(TOPICS, ARCH, make_strategy(strategy, init_weights(ARCH, 0), 0, **params),
+                  ledger=ledger)  # fmt: skip
+
+
+def _update(device: str, seq: int, base: int = 0, encoding: str = "f32") -> bytes:
+    delta = {k: np.full_like(v, 0.01) for k, v in init_weights(ARCH, 0).items()}
+    return Update.from_delta(
+        delta, encoding=encoding, device=device, seq=seq, base_version=base,
+        num_samples=5, steps=1, loss=0.1,
+    ).encode()  # fmt: skip
+
+
+def test_outcomes_say_applied_new_version_or_why_not():
+    intake = _intake(k=2)
+    first = intake.handle(TOPICS.update("a"), _update("a", 0))
+    assert (first.applied, first.new_version, first.version, first.reason) == (True, False, 0, None)
+    second = intake.handle(TOPICS.update("b"), _update("b", 0, encoding="q8"))
+    assert (second.applied, second.new_version, second.version) == (True, True, 1)
+    replay = intake.handle(TOPICS.update("b"), _update("b", 0))
+    assert replay.rejected and replay.reason == "duplicate_seq" and replay.device == "b"
+    spoof = intake.handle(TOPICS.update("a"), _update("b", 5))
+    assert spoof.reason == "identity_mismatch" and not spoof.applied
+    future = intake.handle(TOPICS.update("a"), _update("a", 1, base=9))
+    assert future.reason == "future_version" and future.version == 1
+    assert intake.counters.accepted == 2
+    assert intake.counters.rejected == {
+        "duplicate_seq": 1,
+        "identity_mismatch": 1,
+        "future_version": 1,
+    }
+
+
+def test_the_deadline_flush_closes_a_partial_buffer_once():
+    intake = _intake(k=5)
+    intake.handle(TOPICS.update("a"), _update("a", 0))
+    flushed = intake.flush()
+    assert flushed.new_version and flushed.version == 1 and not flushed.applied
+    assert not intake.flush().new_version  # nothing pending: no version
+
+
+def test_a_snapshot_hands_each_changed_device_ledger_out_once():
+    intake = _intake(k=5)
+    intake.handle(TOPICS.update("a"), _update("a", 0))
+    intake.handle(TOPICS.update("b"), b"garbage")
+    snap = intake.snapshot(ledgers=True)
+    assert [ledger.device for ledger in snap.ledgers] == ["a", "b"]
+    assert (snap.accepted, snap.rejected, snap.version) == (1, {"malformed": 1}, 0)
+    assert intake.snapshot(ledgers=True).ledgers == []
+    assert snap.bytes_in == intake.counters.bytes_in > 0
+
+
+def test_a_new_intake_resumes_from_the_ledger(tmp_path):
+    live = _intake("fedasync", Ledger(tmp_path / "ledger.sqlite", checkpoint_every=2))
+    for seq in range(5):
+        live.handle(TOPICS.update("a"), _update("a", seq, base=seq))
+    again = _intake("fedasync", Ledger(tmp_path / "ledger.sqlite", checkpoint_every=2))
+    assert again.strategy.version == live.strategy.version == 5
+    for name, value in live.strategy.weights.items():
+        np.testing.assert_array_equal(value, again.strategy.weights[name])
+    assert again.handle(TOPICS.update("a"), _update("a", 4, base=5)).reason == "duplicate_seq"
+    assert again.counters.accepted == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(topic=st.text(max_size=40), payload=st.binary(max_size=512))
+def test_any_bytes_on_any_topic_are_refused_and_change_nothing(topic, payload):
+    intake = _intake(k=1)
+    before = {k: v.copy() for k, v in intake.strategy.weights.items()}
+    outcome = intake.handle(topic, payload)
+    assert outcome.rejected and not outcome.applied and not outcome.new_version
+    assert intake.strategy.version == 0
+    for name, value in before.items():
+        np.testing.assert_array_equal(value, intake.strategy.weights[name])
+
+
+def test_the_deadline_fires_after_its_time_and_restarts_either_way():
+    d = Deadline(5.0, now=0.0)
+    assert not d.expired(4.9) and d.expired(5.0) and d.due_at == 5.0
+    d.versioned(3.0)
+    assert not d.expired(7.9) and d.expired(8.0)
+    assert d.fire(8.0, lambda: False) is False  # an empty round: wait a full deadline more
+    assert d.due_at == 13.0 and not d.expired(12.0)
+    assert d.fire(13.0, lambda: True) is True
+    assert d.due_at == 18.0
+    never = Deadline(None, now=0.0)
+    assert never.due_at is None and not never.expired(1e12)
+
+
+def test_history_rotates_and_keeps_every_line_it_still_holds(tmp_path):
+    path = tmp_path / "history.jsonl"
+    history = History(path, max_bytes=200, keep=2)
+    for version in range(40):
+        history.append({"version": version, "pad": "x" * 20})
+    files = [path, path.with_name("history.jsonl.1"), path.with_name("history.jsonl.2")]
+    assert all(f.exists() for f in files)
+    assert not path.with_name("history.jsonl.3").exists()
+    assert all(f.stat().st_size < 200 + 60 for f in files)  # bounded: at most one line over
+    lines = [json.loads(line) for f in reversed(files) for line in f.read_text().splitlines()]
+    versions = [line["version"] for line in lines]
+    assert versions == list(range(versions[0], 40))  # in order, the newest last, no gap
+
+
+def test_the_out_dir_is_private_to_its_user(tmp_path):
+    out = tmp_path / "runs" / "aggregator"
+    make_out_dir(out)
+    assert out.stat().st_mode & 0o777 == 0o700
