@@ -89,7 +89,7 @@ def test_checkpoints_bound_what_is_kept_and_replayed(tmp_path):
     strategy, events = ledger.restore()
     assert strategy is not None and strategy.version == 9 and len(events) == 1
     with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
-        kept = db.execute("SELECT COUNT(*) FROM events WHERE payload IS NOT NULL").fetchone()[0]
+        (kept,) = db.execute("SELECT COUNT(*) FROM payloads").fetchone()
         (rows,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
     db.close()
     ledger.close()
