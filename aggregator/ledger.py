@@ -219,7 +219,8 @@ class Ledger:
 
     def _reclaim(self) -> None:
         """Give freed pages back (after the commit: neither step may roll back an event)."""
-        self.db.execute("PRAGMA incremental_vacuum").fetchall()
+        # executescript steps the pragma to the end; execute() frees just one page.
+        self.db.executescript("PRAGMA incremental_vacuum;")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _folded(self, device: str | None, seq: int) -> bool:

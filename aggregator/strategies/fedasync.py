@@ -94,7 +94,11 @@ class FedAsync(Strategy):
         if max_staleness < 0:
             raise ConfigError("bad_param", "max_staleness must be >= 0")
         self.alpha = float(alpha)
-        self.s = Staleness.parse(staleness) if isinstance(staleness, str) else staleness
+        if isinstance(staleness, str):
+            staleness = Staleness.parse(staleness)
+        if not isinstance(staleness, Staleness):
+            raise ConfigError("bad_staleness", f"staleness must be a spec, got {staleness!r}")
+        self.s = staleness
         self.max_staleness = int(max_staleness)
         self._history: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict(
             [(self._version, self._weights)]
