@@ -92,7 +92,7 @@ class Ledger:
         *,
         checkpoint_every: int = 100,
         durable: bool = False,
-        keep_events: int = 100_000,
+        keep_events: int = 10_000,
     ):
         self.path = Path(path)
         self.checkpoint_every = checkpoint_every
