@@ -34,7 +34,7 @@ from aggregator.strategies import Strategy
 from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
 from fedmq.errors import ConfigError
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; 0 with tables is the pickling ledger of fedmq < 0.2
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 with tables: an earlier fedmq, which pickled
 SCHEMA = """
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after folding

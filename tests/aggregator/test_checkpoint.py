@@ -31,7 +31,7 @@ SPECS = {
     "robust-fedasync-clip": ("fedasync", {"defence": True, "norm_mode": "clip"}),
     "robust-fedavg-off": ("fedavg", {"clients_per_round": 2, "defence": True, "norm_mode": "off"}),
 }
-settings.register_profile("ckpt", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CKPT = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def fresh(spec: str) -> Strategy:
@@ -96,7 +96,7 @@ def assert_same(a: Strategy, b: Strategy) -> None:
     assert encode_checkpoint(a) == encode_checkpoint(b)
 
 
-@settings(settings.get_profile("ckpt"))
+@CKPT
 @given(spec=st.sampled_from(sorted(SPECS)), plan=steps)
 def test_state_round_trips_exactly(spec, plan):
     s = fresh(spec)
@@ -111,7 +111,7 @@ def test_state_round_trips_exactly(spec, plan):
     assert_same(s, back)
 
 
-@settings(settings.get_profile("ckpt"))
+@CKPT
 @given(spec=st.sampled_from(sorted(SPECS)), before=steps, after=steps)
 def test_a_resumed_strategy_behaves_exactly_as_the_uninterrupted_one(spec, before, after):
     live = fresh(spec)
@@ -190,18 +190,25 @@ def test_another_strategy_or_model_is_a_mismatch():
     assert err.value.reason == "ledger_mismatch" and "shapes" in err.value.message
 
 
+@dataclass(frozen=True)
 class _Boom:
+    """Unpickling this would create ``marker``."""
+
+    marker: Path
+
     def __reduce__(self):
-        return (Path.touch, (Path("/tmp/fedmq-pickle-ran"),))
+        return (Path.touch, (self.marker,))
 
 
 def test_a_pickle_is_refused_and_never_run(tmp_path):
-    marker = Path("/tmp/fedmq-pickle-ran")
-    marker.unlink(missing_ok=True)
+    marker = tmp_path / "ran"
+    blob = pickle.dumps(_Boom(marker))
     with pytest.raises(ConfigError) as err:
-        decode_checkpoint(pickle.dumps(_Boom()))
+        decode_checkpoint(blob)
     assert err.value.reason == "bad_checkpoint"
     assert not marker.exists()
+    pickle.loads(blob)  # the blob is live: this is what the old ledger would have run
+    assert marker.exists()
 
 
 @settings(max_examples=500, deadline=None)
@@ -231,7 +238,7 @@ hostile = st.one_of(
 )
 
 
-@settings(settings.get_profile("ckpt"), max_examples=300)
+@settings(CKPT, max_examples=300)
 @given(spec=st.sampled_from(sorted(SPECS)), pick=st.integers(0, 10**6), value=hostile)
 def test_fuzz_a_damaged_field_is_refused_or_gives_a_working_strategy(spec, pick, value):
     s = fresh(spec)
@@ -250,7 +257,7 @@ def test_fuzz_a_damaged_field_is_refused_or_gives_a_working_strategy(spec, pick,
     drive(back, [Step(1, 0, 3, 1.0, 7, False), Step(2, 1, 3, 1.0, 8, True)])  # still works
 
 
-@settings(settings.get_profile("ckpt"), max_examples=300)
+@settings(CKPT, max_examples=300)
 @given(spec=st.sampled_from(sorted(SPECS)), cut=st.integers(0, 10**6), flip=st.integers(0, 255))
 def test_fuzz_truncated_or_flipped_bytes_are_refused_or_work(spec, cut, flip):
     blob = bytearray(encode_checkpoint(fresh(spec)))
