@@ -221,7 +221,14 @@ class Ledger:
         """Give freed pages back (after the commit: neither step may roll back an event)."""
         # executescript steps the pragma to the end; execute() frees just one page.
         self.db.executescript("PRAGMA incremental_vacuum;")
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        # No busy wait: with a reader in the way (someone inspecting the file) this does
+        # what it can without blocking, and the next checkpoint truncates the WAL.
+        (timeout,) = self.db.execute("PRAGMA busy_timeout").fetchone()
+        self.db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
 
     def _folded(self, device: str | None, seq: int) -> bool:
         row = self.db.execute(

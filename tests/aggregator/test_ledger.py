@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 
 import numpy as np
@@ -243,4 +244,21 @@ def test_restore_with_the_configured_strategy_refuses_another_one(tmp_path):
     with pytest.raises(ConfigError) as err:
         ledger.restore(_strategy("fedbuff"))
     assert err.value.reason == "ledger_mismatch"
+    ledger.close()
+
+
+def test_a_reader_holding_a_snapshot_does_not_stall_a_checkpoint(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    ledger, strategy = Ledger(path, checkpoint_every=10), _strategy()
+    _fill(ledger, strategy, 0, 5)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM events").fetchone()  # holds its snapshot open
+    started = time.monotonic()
+    _fill(ledger, strategy, 5, 10)  # the 10th commits a checkpoint
+    assert time.monotonic() - started < 1.0  # sqlite's busy wait would take 5 s
+    reader.execute("COMMIT")
+    reader.close()
+    ledger.checkpoint(strategy)
+    assert path.with_name("ledger.sqlite-wal").stat().st_size == 0  # truncated once free
     ledger.close()
