@@ -100,7 +100,9 @@ class Ledger:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
-            self.db = sqlite3.connect(self.path, isolation_level=None)
+            # One caller at a time, but not always the same thread: the service resumes
+            # on its own thread and then records from its intake worker.
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._open_schema()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections import Counter
 
@@ -261,4 +262,13 @@ def test_a_reader_holding_a_snapshot_does_not_stall_a_checkpoint(tmp_path):
     reader.close()
     ledger.checkpoint(strategy)
     assert path.with_name("ledger.sqlite-wal").stat().st_size == 0  # truncated once free
+    ledger.close()
+
+
+def test_the_ledger_may_move_to_a_worker_thread(tmp_path):
+    ledger, strategy = Ledger(tmp_path / "ledger.sqlite"), _strategy()
+    worker = threading.Thread(target=_fill, args=(ledger, strategy, 0, 5))
+    worker.start()
+    worker.join()
+    assert ledger.counts()[0] == 5
     ledger.close()
