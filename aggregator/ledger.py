@@ -1,21 +1,29 @@
 """The aggregator's memory across crashes: an event log and strategy checkpoints in SQLite.
 
-Every update the aggregator decides on is one row of ``events`` (applied with its
-payload, or rejected with its reason), committed before the broker gets its PUBACK,
-and every deadline flush is a row too. Every ``checkpoint_every`` applied events the
-whole strategy (weights, version, buffers, history) is pickled into ``checkpoints`` in
-the same transaction. A restart loads the last checkpoint and replays the events after
-it; strategies are deterministic, so the result is the state at the last commit.
+Every update the aggregator decides on is one row of ``events`` (applied, with its
+payload in ``payloads``, or rejected with its reason), committed before the broker gets
+its PUBACK, and every deadline flush is a row too. Every ``checkpoint_every`` applied
+events the strategy's state (``aggregator.strategies.state``: msgpack fields and
+wire-format tensors, no pickle) goes into ``checkpoints`` in the same transaction. A
+restart loads the last checkpoint and replays the events after it; strategies are
+deterministic, so the result is the state at the last commit.
+
+The ledger stays small: a checkpoint deletes the payloads it covers, folds event rows
+older than the newest ``keep_events`` into per-device last seqs (``devices``) and counts
+(``tallies``), and gives the freed pages back to the file system (``auto_vacuum =
+INCREMENTAL``, then ``incremental_vacuum`` and a truncating WAL checkpoint). Folding
+keeps the dedupe exact: a device's seqs only increase (the validator refuses the rest),
+so its last seq is all the dedupe needs.
 
 WAL with ``synchronous=NORMAL`` survives a killed process (the OS still holds what was
 written); ``durable=True`` (``synchronous=FULL``) also survives a power cut, at the
-cost of an fsync per update. The database is the aggregator's own file: the pickles
-in it are trusted like its code.
+cost of an fsync per update. The file is created 0600, its directory (if the ledger
+creates it) 0700.
 """
 
 from __future__ import annotations
 
-import pickle
+import os
 import sqlite3
 import time
 from collections import Counter
@@ -23,11 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aggregator.strategies import Strategy
+from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
 from fedmq.errors import ConfigError
 
+SCHEMA_VERSION = 2  # PRAGMA user_version; 0 with tables: an earlier fedmq, which pickled
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after folding
     kind TEXT NOT NULL,            -- applied | rejected | flush
     device TEXT,
     seq INTEGER,
@@ -35,12 +45,14 @@ CREATE TABLE IF NOT EXISTS events (
     version INTEGER NOT NULL,      -- the global version after this event
     staleness INTEGER,
     samples INTEGER,
-    at REAL NOT NULL,
-    payload BLOB                   -- applied updates until a checkpoint covers them
+    at REAL NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_device_seq ON events (device, seq)
-    WHERE seq IS NOT NULL;
-CREATE TABLE IF NOT EXISTS checkpoints (
+CREATE UNIQUE INDEX events_device_seq ON events (device, seq) WHERE seq IS NOT NULL;
+CREATE TABLE payloads (            -- applied updates no checkpoint covers yet
+    event INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL
+);
+CREATE TABLE checkpoints (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     last_event INTEGER NOT NULL,
     strategy TEXT NOT NULL,
@@ -48,7 +60,20 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     state BLOB NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE devices (             -- folded events: each device's last seq
+    device TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE tallies (             -- folded events: how many of each kind and reason
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,          -- '' for applied and flush
+    n INTEGER NOT NULL,
+    PRIMARY KEY (kind, reason)
+) WITHOUT ROWID;
 """
+# Events that may be folded: older than the newest ``keep_events``, and either covered
+# by the checkpoint or rejected (rejections are never replayed).
+FOLDABLE = "id <= :cutoff AND (id <= :covered OR kind = 'rejected')"
 
 
 @dataclass(frozen=True)
@@ -61,18 +86,54 @@ class Event:
 
 
 class Ledger:
-    def __init__(self, path: str | Path, *, checkpoint_every: int = 100, durable: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        checkpoint_every: int = 100,
+        durable: bool = False,
+        keep_events: int = 10_000,
+    ):
         self.path = Path(path)
         self.checkpoint_every = checkpoint_every
+        self.keep_events = keep_events
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            # One caller at a time, but not always the same thread: the service resumes
+            # on its own thread and then records from its intake worker.
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._open_schema()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise ConfigError("bad_ledger", f"cannot open ledger {self.path}: {exc}") from exc
         self._since_checkpoint = self._count_since_checkpoint()
+        self._rejected_since_fold = 0
+
+    def _open_schema(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        (tables,) = self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0 and tables == 0:
+            # Only before the first table exists can auto_vacuum still be switched on.
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            return
+        self.db.close()
+        if version == 0:
+            raise ConfigError(
+                "old_ledger",
+                f"{self.path} is a ledger of an older fedmq (pickled checkpoints, which this"
+                " version will not load): finish that federation with the older fedmq, or"
+                " move the file away to start a new one from the configured model",
+            )
+        raise ConfigError(
+            "ledger_version",
+            f"{self.path} has ledger schema {version}; this fedmq reads {SCHEMA_VERSION}"
+            " (was it written by a newer fedmq?)",
+        )
 
     def close(self) -> None:
         self.db.close()
@@ -93,88 +154,157 @@ class Ledger:
     ) -> bool:
         """Commit one event (and a checkpoint when one is due); False for a known (device, seq)."""
         changes = kind != "rejected"
+        checkpointed = False
         with self._transaction():
+            if seq is not None and self._folded(device, seq):
+                return False
             cur = self.db.execute(
                 "INSERT OR IGNORE INTO events"
-                " (kind, device, seq, reason, version, staleness, samples, at, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    kind,
-                    device,
-                    seq,
-                    reason,
-                    strategy.version,
-                    staleness,
-                    samples,
-                    time.time(),
-                    payload if changes else None,
-                ),
+                " (kind, device, seq, reason, version, staleness, samples, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, device, seq, reason, strategy.version, staleness, samples, time.time()),
             )
             if cur.rowcount == 0:
                 return False
+            if changes and payload is not None:
+                self.db.execute(
+                    "INSERT INTO payloads (event, payload) VALUES (?, ?)", (cur.lastrowid, payload)
+                )
             if changes:
                 self._since_checkpoint += 1
                 if self._since_checkpoint >= self.checkpoint_every:
                     self._checkpoint(strategy, cur.lastrowid)
+                    checkpointed = True
+            else:
+                self._rejected_since_fold += 1
+                if self._rejected_since_fold >= self.checkpoint_every:
+                    self._fold()  # a flood of rejections alone must not grow the file
+        if checkpointed:
+            self._reclaim()
         return True
 
     def checkpoint(self, strategy: Strategy) -> None:
         with self._transaction():
             last = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             self._checkpoint(strategy, last)
+        self._reclaim()
 
     def _checkpoint(self, strategy: Strategy, last_event: int) -> None:
         self.db.execute(
             "INSERT INTO checkpoints (last_event, strategy, version, state, at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (last_event, strategy.name, strategy.version, pickle.dumps(strategy), time.time()),
+            (last_event, strategy.name, strategy.version, encode_checkpoint(strategy), time.time()),
         )
-        # The checkpoint covers these: keep the record, drop the bytes.
-        self.db.execute("UPDATE events SET payload = NULL WHERE id <= ?", (last_event,))
         self.db.execute("DELETE FROM checkpoints WHERE id < (SELECT MAX(id) FROM checkpoints)")
+        self.db.execute("DELETE FROM payloads WHERE event <= ?", (last_event,))
         self._since_checkpoint = 0
+        self._fold()
+
+    def _fold(self) -> None:
+        """Fold old event rows into per-device last seqs and per-reason tallies."""
+        (top,) = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        bounds = {"cutoff": top - self.keep_events, "covered": self._covered()}
+        self.db.execute(
+            "INSERT INTO devices (device, last_seq) SELECT device, MAX(seq) FROM events"
+            f" WHERE device IS NOT NULL AND seq IS NOT NULL AND {FOLDABLE} GROUP BY device"
+            " ON CONFLICT (device) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
+            bounds,
+        )
+        self.db.execute(
+            "INSERT INTO tallies (kind, reason, n) SELECT kind, COALESCE(reason, ''), COUNT(*)"
+            f" FROM events WHERE {FOLDABLE} GROUP BY 1, 2"
+            " ON CONFLICT (kind, reason) DO UPDATE SET n = n + excluded.n",
+            bounds,
+        )
+        self.db.execute(f"DELETE FROM events WHERE {FOLDABLE}", bounds)
+        self._rejected_since_fold = 0
+
+    def _reclaim(self) -> None:
+        """Give freed pages back (after the commit: neither step may roll back an event)."""
+        # executescript steps the pragma to the end; execute() frees just one page.
+        self.db.executescript("PRAGMA incremental_vacuum;")
+        # No busy wait: with a reader in the way (someone inspecting the file) this does
+        # what it can without blocking, and the next checkpoint truncates the WAL.
+        (timeout,) = self.db.execute("PRAGMA busy_timeout").fetchone()
+        self.db.execute("PRAGMA busy_timeout = 0")
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+
+    def _folded(self, device: str | None, seq: int) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM devices WHERE device IS ? AND last_seq >= ?", (device, seq)
+        ).fetchone()
+        return row is not None
+
+    def _covered(self) -> int:
+        """The last event the newest checkpoint covers (0 when there is none)."""
+        row = self.db.execute("SELECT COALESCE(MAX(last_event), 0) FROM checkpoints").fetchone()
+        return row[0]
 
     def _transaction(self) -> _Tx:
         return _Tx(self.db)
 
     def _count_since_checkpoint(self) -> int:
-        last = self.db.execute("SELECT COALESCE(MAX(last_event), 0) FROM checkpoints").fetchone()
         return self.db.execute(
-            "SELECT COUNT(*) FROM events WHERE id > ? AND kind != 'rejected'", (last[0],)
+            "SELECT COUNT(*) FROM events WHERE id > ? AND kind != 'rejected'", (self._covered(),)
         ).fetchone()[0]
 
     # -- reading -----------------------------------------------------------------------
 
-    def restore(self) -> tuple[Strategy | None, list[Event]]:
-        """The last checkpointed strategy (None if none) and the events to replay on it."""
+    def restore(self, template: Strategy | None = None) -> tuple[Strategy | None, list[Event]]:
+        """The last checkpointed strategy (None if none) and the events to replay on it.
+
+        With ``template`` (the configured strategy), a checkpoint of another strategy or
+        model is a ConfigError ``ledger_mismatch``; a damaged one is ``bad_checkpoint``.
+        """
         row = self.db.execute(
             "SELECT last_event, state FROM checkpoints ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        last, strategy = (0, None) if row is None else (row[0], pickle.loads(row[1]))
+        last, strategy = (0, None) if row is None else (row[0], self._decode(row[1], template))
         events = [
             Event(*r)
             for r in self.db.execute(
-                "SELECT id, kind, device, seq, payload FROM events"
-                " WHERE id > ? AND kind != 'rejected' ORDER BY id",
+                "SELECT e.id, e.kind, e.device, e.seq, p.payload FROM events e"
+                " LEFT JOIN payloads p ON p.event = e.id"
+                " WHERE e.id > ? AND e.kind != 'rejected' ORDER BY e.id",
                 (last,),
             )
         ]
+        if any(e.kind == "applied" and e.payload is None for e in events):
+            raise ConfigError("bad_ledger", f"{self.path}: an applied update lost its payload")
         return strategy, events
+
+    def _decode(self, blob: bytes, template: Strategy | None) -> Strategy:
+        try:
+            return decode_checkpoint(blob, template)
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.reason,
+                f"{self.path}: {exc.message}; use another --out-dir or move the ledger away",
+            ) from exc
 
     def last_seqs(self) -> dict[str, int]:
         return dict(
             self.db.execute(
-                "SELECT device, MAX(seq) FROM events WHERE seq IS NOT NULL GROUP BY device"
+                "SELECT device, MAX(seq) FROM ("
+                " SELECT device, seq FROM events WHERE seq IS NOT NULL"
+                " UNION ALL SELECT device, last_seq FROM devices"
+                ") GROUP BY device"
             ).fetchall()
         )
 
     def counts(self) -> tuple[int, Counter]:
         """Updates applied, and rejections by reason, over the ledger's whole life."""
-        applied = self.db.execute("SELECT COUNT(*) FROM events WHERE kind = 'applied'")
-        rejected = self.db.execute(
-            "SELECT reason, COUNT(*) FROM events WHERE kind = 'rejected' GROUP BY reason"
-        )
-        return applied.fetchone()[0], Counter(dict(rejected.fetchall()))
+        rows = self.db.execute(
+            "SELECT kind, reason, SUM(n) FROM ("
+            " SELECT kind, COALESCE(reason, '') AS reason, COUNT(*) AS n FROM events"
+            " GROUP BY 1, 2 UNION ALL SELECT kind, reason, n FROM tallies"
+            ") GROUP BY 1, 2"
+        ).fetchall()
+        applied = sum(n for kind, _, n in rows if kind == "applied")
+        return applied, Counter({reason: n for kind, reason, n in rows if kind == "rejected"})
 
 
 class _Tx:

@@ -10,12 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from fedmq.errors import UpdateRejected
 from fedmq.model import Weights, copy_weights
+
+if TYPE_CHECKING:
+    from aggregator.strategies.state import StateReader
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Strategy(ABC):
     """Holds the global model and turns contributions into new versions."""
 
     name: ClassVar[str]
+    # The class as a checkpoint names it (``name`` is shared by FedBuff and its variants).
+    state_name: ClassVar[str]
 
     def __init__(self, weights: Mapping[str, np.ndarray], version: int = 0) -> None:
         self._weights = copy_weights(weights)
@@ -83,6 +88,38 @@ class Strategy(ABC):
     @abstractmethod
     def params(self) -> dict[str, Any]:
         """The strategy's parameters, as published in ``AggregatorStatus``."""
+
+    def init_params(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this strategy exactly (default: ``params()``)."""
+        return self.params()
+
+    def state(self) -> dict[str, Any]:
+        """Everything that decides what the next update does, as msgpack-able data.
+
+        Scalars, strings, lists and maps, plus float32 arrays (which a checkpoint stores
+        in the wire format's tensor encoding). ``from_state`` inverts it bit for bit.
+        """
+        return {
+            "class": self.state_name,
+            "params": self.init_params(),
+            "version": self._version,
+            "weights": self._weights,
+            **self._buffers(),
+        }
+
+    @classmethod
+    def from_state(cls, s: StateReader) -> Strategy:
+        """The strategy ``state()`` described; a bad state raises ConfigError."""
+        strategy = cls(s.tensors("weights"), s.integer("version"), **s.params("params"))
+        strategy._load_buffers(s)
+        return strategy
+
+    def _buffers(self) -> dict[str, Any]:
+        """What ``state()`` holds beyond parameters, version and weights."""
+        return {}
+
+    def _load_buffers(self, s: StateReader) -> None:  # noqa: B027 (an optional hook)
+        """Restore what ``_buffers()`` saved."""
 
     def _publish(self, weights: Weights) -> None:
         self._weights = weights

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.spec import parse_spec
+
+if TYPE_CHECKING:
+    from aggregator.strategies.state import StateReader
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class Staleness:
             )
         return cls(name, *nums)
 
+    def spec(self) -> str:
+        """Like ``str()`` but exact: ``parse(s.spec())`` behaves as ``s`` does, bit for bit."""
+        if self.kind == "constant":
+            return "constant"
+        return f"poly:{self.a!r}" if self.kind == "poly" else f"hinge:{self.a!r},{self.b!r}"
+
     def __str__(self) -> str:
         if self.kind == "constant":
             return "constant"
@@ -66,6 +75,7 @@ class Staleness:
 
 class FedAsync(Strategy):
     name = "fedasync"
+    state_name = "fedasync"
 
     def __init__(
         self,
@@ -82,7 +92,11 @@ class FedAsync(Strategy):
         if max_staleness < 0:
             raise ConfigError("bad_param", "max_staleness must be >= 0")
         self.alpha = float(alpha)
-        self.s = Staleness.parse(staleness) if isinstance(staleness, str) else staleness
+        if isinstance(staleness, str):
+            staleness = Staleness.parse(staleness)
+        if not isinstance(staleness, Staleness):
+            raise ConfigError("bad_staleness", f"staleness must be a spec, got {staleness!r}")
+        self.s = staleness
         self.max_staleness = int(max_staleness)
         self._history: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict(
             [(self._version, self._weights)]
@@ -118,3 +132,20 @@ class FedAsync(Strategy):
             "staleness": str(self.s),
             "max_staleness": self.max_staleness,
         }
+
+    def init_params(self) -> dict[str, Any]:
+        return {**self.params(), "staleness": self.s.spec()}
+
+    def _buffers(self) -> dict[str, Any]:
+        older = [(v, w) for v, w in self._history.items() if v != self._version]
+        return {"history": [{"version": v, "weights": w} for v, w in older]}
+
+    def _load_buffers(self, s: StateReader) -> None:
+        history: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        for entry in s.items("history", self.max_staleness):
+            v = entry.integer("version")
+            if v >= self._version or (history and v <= next(reversed(history))):
+                raise s.bad("history", "versions must increase up to the current one")
+            history[v] = entry.tensors("weights", like=self._weights)
+        history[self._version] = self._weights
+        self._history = history

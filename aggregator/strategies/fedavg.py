@@ -9,7 +9,7 @@ local models: ``x <- x + eta_g * sum(n_i delta_i) / sum(n_i)``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,9 +17,13 @@ from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 
+if TYPE_CHECKING:
+    from aggregator.strategies.state import StateReader
+
 
 class FedAvg(Strategy):
     name = "fedavg"
+    state_name = "fedavg"
 
     def __init__(
         self,
@@ -80,3 +84,18 @@ class FedAvg(Strategy):
 
     def params(self) -> dict[str, Any]:
         return {"clients_per_round": self.clients_per_round, "server_lr": self.server_lr}
+
+    def _buffers(self) -> dict[str, Any]:
+        return {
+            "round": [
+                {"device": key, "samples": n, "delta": dict(delta)}
+                for key, (n, delta) in self._round.items()
+            ]
+        }
+
+    def _load_buffers(self, s: StateReader) -> None:
+        for e in s.items("round", self.clients_per_round - 1):
+            key = e.text("device")
+            if key in self._round:
+                raise s.bad("round", f"names {key!r} twice")
+            self._round[key] = (e.integer("samples", lo=1), e.tensors("delta", like=self._weights))

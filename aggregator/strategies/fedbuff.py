@@ -7,7 +7,7 @@ sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, versi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,9 +15,13 @@ from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 
+if TYPE_CHECKING:
+    from aggregator.strategies.state import StateReader
+
 
 class FedBuff(Strategy):
     name = "fedbuff"
+    state_name = "fedbuff"
 
     def __init__(
         self,
@@ -80,3 +84,17 @@ class FedBuff(Strategy):
 
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "server_lr": self.server_lr, "max_staleness": self.max_staleness}
+
+    def _buffers(self) -> dict[str, Any]:
+        return {
+            "buffer": [
+                {"scale": float(scale), "samples": n, "delta": dict(delta)}
+                for scale, n, delta in self._buffer
+            ]
+        }
+
+    def _load_buffers(self, s: StateReader) -> None:
+        self._buffer = [
+            (e.number("scale"), e.integer("samples", lo=1), e.tensors("delta", like=self._weights))
+            for e in s.items("buffer", self.k - 1)
+        ]

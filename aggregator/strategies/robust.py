@@ -31,7 +31,7 @@ import statistics
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Weights, global_norm
+
+if TYPE_CHECKING:
+    from aggregator.strategies.state import StateReader
 
 NORM_MODES = ("reject", "clip")
 
@@ -125,6 +128,29 @@ class NormBound:
             "norm_warmup": self.warmup,
         }
 
+    def state(self) -> dict[str, Any]:
+        return {
+            "params": {
+                "factor": self.factor,
+                "mode": self.mode,
+                "window": self.window,
+                "warmup": self.warmup,
+            },
+            "norms": [{"device": d, "norm": n} for d, n in self._norms.items()],
+            "anonymous": self._anonymous,
+        }
+
+    @classmethod
+    def from_state(cls, s: StateReader) -> NormBound:
+        nb = cls(**s.params("params"))
+        for e in s.items("norms", nb.window):
+            device = e.text("device")
+            if device in nb._norms:
+                raise s.bad("norms", f"names {device!r} twice")
+            nb._norms[device] = e.number("norm")
+        nb._anonymous = s.integer("anonymous")
+        return nb
+
 
 def _scaled(delta: Mapping[str, np.ndarray], scale: float) -> Weights:
     s = np.float32(scale)
@@ -138,6 +164,8 @@ class Robust(Strategy):
     are the inner strategy's, and ``name`` is the inner strategy's name, so a service or
     simulator drives it exactly as it drives the inner strategy.
     """
+
+    state_name = "robust"
 
     def __init__(self, inner: Strategy, norm_bound: NormBound | None = None) -> None:
         # No super().__init__(): the weights and version live in ``inner`` only.
@@ -178,3 +206,12 @@ class Robust(Strategy):
     def params(self) -> dict[str, Any]:
         bound = self.norm_bound.params() if self.norm_bound else {}
         return {**self.inner.params(), "defence": True, **bound}
+
+    def state(self) -> dict[str, Any]:
+        bound = None if self.norm_bound is None else self.norm_bound.state()
+        return {"class": self.state_name, "inner": self.inner.state(), "norm_bound": bound}
+
+    @classmethod
+    def from_state(cls, s: StateReader) -> Robust:
+        bound = s.maybe("norm_bound")
+        return cls(s.strategy("inner"), None if bound is None else NormBound.from_state(bound))

@@ -39,6 +39,8 @@ def trimmed_mean(stack: np.ndarray, trim: float) -> np.ndarray:
 class TrimmedFedBuff(FedBuff):
     """FedBuff whose ``combine`` is a coordinate-wise trimmed mean; ``trim`` in [0, 0.5)."""
 
+    state_name = "trimmed_fedbuff"
+
     def __init__(
         self,
         weights: Mapping[str, np.ndarray],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aggregator.strategies import (
     Contribution,
@@ -160,3 +162,11 @@ def test_strategy_does_not_alias_callers_weights():
     s = FedAsync(start, alpha=1.0, staleness="constant")
     s.apply(contrib(1.0, base=0))
     np.testing.assert_array_equal(start["w0"], [1.0, 1.0])
+
+
+@given(st.sampled_from(["constant", "poly", "hinge"]), st.floats(0, 1e6), st.floats(0, 1e6))
+def test_staleness_spec_is_exact_where_str_rounds(kind, a, b):
+    s = Staleness(kind, a, b)
+    back = Staleness.parse(s.spec())  # what a checkpoint stores
+    assert back.spec() == s.spec()
+    assert [back(d) for d in range(12)] == [s(d) for d in range(12)]
