@@ -17,7 +17,7 @@ from aggregator.counters import Counters
 from aggregator.ledger import Ledger
 from aggregator.strategies import Strategy
 from aggregator.validation import Validator, to_contribution
-from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.errors import UpdateRejected
 from fedmq.model import Arch, Weights
 from fedmq.topics import Topics
 from fedmq.wire import MAX_BYTES, DeviceLedger, Update
@@ -76,16 +76,11 @@ class Intake:
 
     def _resume(self, ledger: Ledger) -> None:
         """Continue from the ledger: last checkpoint, then replay what came after it."""
-        saved, events = ledger.restore()
+        # The ledger refuses a checkpoint of another strategy or model (ledger_mismatch).
+        saved, events = ledger.restore(self.strategy)
         if saved is None:
             ledger.checkpoint(self.strategy)  # fixes the starting weights for replays
             return
-        if saved.name != self.strategy.name:
-            raise ConfigError(
-                "ledger_mismatch",
-                f"{ledger.path} holds a {saved.name} federation, not {self.strategy.name};"
-                " use another --out-dir or move the ledger away",
-            )
         if saved.params() != self.strategy.params():
             log.warning("resuming with the ledger's settings %s", saved.params())
         self.strategy = saved

@@ -29,7 +29,7 @@ from aggregator.strategies.robust import Robust
 from aggregator.strategies.trimmed import TrimmedFedBuff
 from fedmq.errors import ConfigError, WireError
 from fedmq.model import Weights
-from fedmq.wire import decode_tensor, encode_tensor
+from fedmq.tensors import decode_tensor, encode_tensor
 
 FORMAT = "fedmq-checkpoint"
 FORMAT_VERSION = 1

@@ -15,7 +15,7 @@ from rich.table import Table
 from aggregator.config import StrategyConfig
 from fedmq.training import Hyper
 from tools.cli.options import with_settings
-from tools.cli.simulate import TaskName, fleet_strategy
+from tools.cli.simulate import TaskName, config_from, fleet_strategy
 
 if TYPE_CHECKING:
     from tools.sim.demo import DemoConfig, Snapshot
@@ -63,23 +63,7 @@ def demo_command(
     """
     from tools.sim.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(
-        task=task.value,
-        devices=devices,
-        **fleet_strategy(settings),
-        broker=broker,
-        fleet=fleet,
-        partition=partition,
-        delays=delays,
-        target=target,
-        budget=budget,
-        round_deadline=round_deadline,
-        encoding=encoding,
-        seed=seed,
-        out_dir=out_dir,
-        malicious=malicious,
-        attack=attack,
-    )
+    cfg = config_from(DemoConfig, locals(), task=task.value, **fleet_strategy(settings))
     if as_json:
         typer.echo(json.dumps(asyncio.run(run_demo(cfg))))
         return

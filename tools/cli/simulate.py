@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +21,15 @@ from tools.cli.options import with_settings
 class TaskName(str, Enum):
     digits = "digits"
     linreg = "linreg"
+
+
+T = TypeVar("T")
+
+
+def config_from(cls: type[T], given: dict[str, Any], **extra: Any) -> T:
+    """``cls`` built from a command's own options (those that are its fields) and ``extra``."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in given.items() if k in names and k not in extra}, **extra)
 
 
 def fleet_strategy(settings: dict[str, Any]) -> dict[str, Any]:
@@ -85,21 +95,7 @@ def simulate_command(
     """
     from tools.sim.simulate import SimConfig, simulate
 
-    cfg = SimConfig(
-        task=task.value,
-        devices=devices,
-        partition=partition,
-        delays=delays,
-        **fleet_strategy(settings),
-        seed=seed,
-        target=target,
-        budget=budget,
-        round_deadline=round_deadline,
-        until_target=until_target,
-        malicious=malicious,
-        attack=attack,
-        encoding=encoding,
-    )
+    cfg = config_from(SimConfig, locals(), task=task.value, **fleet_strategy(settings))
     if as_json:
         typer.echo(json.dumps(simulate(cfg).to_dict()))
         return
