@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 
 from aggregator.strategies.base import Contribution, Strategy
+from aggregator.strategies.claims import ClaimCap
 from aggregator.strategies.fedasync import FedAsync, Staleness
 from aggregator.strategies.fedavg import FedAvg
 from aggregator.strategies.fedbuff import FedBuff
+from aggregator.strategies.gate import ModelGate
 from aggregator.strategies.robust import NORM_MODES, NormBound, Robust
 from aggregator.strategies.trimmed import TrimmedFedBuff
 from fedmq.errors import ConfigError
@@ -23,15 +25,24 @@ from fedmq.errors import ConfigError
 STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAsync, FedBuff, FedAvg)}
 
 # What ``defence=True`` means when a setting is not given (see benchmarks/RESULTS.md).
-DEFENCE_DEFAULTS: dict[str, Any] = {"norm_factor": 4.0, "norm_mode": "reject", "trim": 0.2}
+DEFENCE_DEFAULTS: dict[str, Any] = {
+    "norm_factor": 4.0,
+    "norm_mode": "reject",
+    "norm_abs_factor": 4.0,
+    "norm_abs_floor": 1.0,
+    "sample_cap_factor": 10.0,
+    "trim": 0.2,
+}
 
 __all__ = [
     "DEFENCE_DEFAULTS",
     "STRATEGIES",
+    "ClaimCap",
     "Contribution",
     "FedAsync",
     "FedAvg",
     "FedBuff",
+    "ModelGate",
     "NormBound",
     "Robust",
     "Staleness",
@@ -49,6 +60,9 @@ def make_strategy(
     defence: bool = False,
     norm_factor: float | None = None,
     norm_mode: str | None = None,
+    norm_abs_factor: float | None = None,
+    norm_abs_floor: float | None = None,
+    sample_cap_factor: float | None = None,
     trim: float | None = None,
     **params: Any,
 ) -> Strategy:
@@ -56,7 +70,10 @@ def make_strategy(
 
     With ``defence=True`` the strategy is wrapped in ``Robust``: non-finite deltas are
     refused and norms above ``norm_factor`` x the running median are refused
-    (``norm_mode="reject"``), clipped (``"clip"``) or let through (``"off"``). FedBuff
+    (``norm_mode="reject"``), clipped (``"clip"``) or let through (``"off"``); until
+    enough devices are known the bound is ``norm_abs_factor`` x max(model norm,
+    ``norm_abs_floor``). Claimed sample counts are capped at ``sample_cap_factor`` x the
+    median claim of the other devices. FedBuff
     also combines its buffer with a trimmed mean dropping ``trim`` at each end per
     coordinate (``trim=0`` keeps FedBuff's sample-weighted mean).
     """
@@ -64,7 +81,14 @@ def make_strategy(
         raise ConfigError(
             "unknown_strategy", f"unknown strategy {name!r}: use one of {sorted(STRATEGIES)}"
         )
-    given = {"norm_factor": norm_factor, "norm_mode": norm_mode, "trim": trim}
+    given = {
+        "norm_factor": norm_factor,
+        "norm_mode": norm_mode,
+        "norm_abs_factor": norm_abs_factor,
+        "norm_abs_floor": norm_abs_floor,
+        "sample_cap_factor": sample_cap_factor,
+        "trim": trim,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     if given and not defence:
         raise ConfigError("bad_param", f"{', '.join(given)} only apply with defence=True")
@@ -83,6 +107,13 @@ def make_strategy(
             inner = cls(weights, version, **params)
     except TypeError as exc:
         raise ConfigError("bad_param", f"strategy {name}: {exc}") from exc
+    cap = ClaimCap(settings["sample_cap_factor"])
     if settings["norm_mode"] == "off":
-        return Robust(inner)
-    return Robust(inner, NormBound(settings["norm_factor"], settings["norm_mode"]))
+        return Robust(inner, claim_cap=cap)
+    bound = NormBound(
+        settings["norm_factor"],
+        settings["norm_mode"],
+        abs_factor=settings["norm_abs_factor"],
+        abs_floor=settings["norm_abs_floor"],
+    )
+    return Robust(inner, bound, cap)

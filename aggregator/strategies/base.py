@@ -10,12 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from fedmq.errors import UpdateRejected
 from fedmq.model import Weights, copy_weights
+
+if TYPE_CHECKING:
+    from aggregator.strategies.gate import ModelGate
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,17 @@ class Contribution:
 
 
 class Strategy(ABC):
-    """Holds the global model and turns contributions into new versions."""
+    """Holds the global model and turns contributions into new versions.
+
+    A ``gate`` (``aggregator.strategies.gate.ModelGate``), when installed, sees every
+    candidate model before it becomes the global one and may refuse it
+    (``UpdateRejected("model_rejected")``): the weights and version then stay the last
+    good ones and whatever was pending (a buffer, a round) is discarded with the update
+    that completed it, since they produced the bad candidate together.
+    """
 
     name: ClassVar[str]
+    gate: ModelGate | None = None
 
     def __init__(self, weights: Mapping[str, np.ndarray], version: int = 0) -> None:
         self._weights = copy_weights(weights)
@@ -85,5 +96,7 @@ class Strategy(ABC):
         """The strategy's parameters, as published in ``AggregatorStatus``."""
 
     def _publish(self, weights: Weights) -> None:
+        if self.gate is not None:
+            self.gate.check(weights, version=self._version + 1)
         self._weights = weights
         self._version += 1
