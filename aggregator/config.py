@@ -99,8 +99,20 @@ class StrategyConfig:
         50, help="The median is over this many most recent devices.", requires="defence"
     )
     norm_warmup: int = setting(
-        5, help="No norm bound until this many devices are known.", requires="defence"
+        5, help="The median bound needs this many devices; until then the absolute one holds.",
+        requires="defence",
+    )  # fmt: skip
+    norm_abs_factor: float = setting(
+        4.0, help="Until warmup: refuse deltas above this multiple of max(model norm, floor).",
+        requires="defence",
+    )  # fmt: skip
+    norm_abs_floor: float = setting(
+        1.0, help="The model norm the absolute bound assumes at the least.", requires="defence"
     )
+    sample_cap_factor: float = setting(
+        10.0, help="Cap claimed sample counts at this multiple of the other devices' median.",
+        requires="defence",
+    )  # fmt: skip
     trim: float = setting(
         0.2, help="Trimmed mean: fraction of each coordinate cut at each end (0: plain mean).",
         applies=("fedbuff",), requires="defence",

@@ -14,9 +14,11 @@ import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
+from aggregator.strategies.claims import ClaimCap
 from aggregator.strategies.fedasync import FedAsync, Staleness
 from aggregator.strategies.fedavg import FedAvg
 from aggregator.strategies.fedbuff import FedBuff
+from aggregator.strategies.gate import ModelGate
 from aggregator.strategies.robust import NORM_MODES, NormBound, Robust
 from aggregator.strategies.trimmed import TrimmedFedBuff
 from fedmq.errors import ConfigError
@@ -26,16 +28,27 @@ STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (FedAsync, FedBuff, 
 # What ``defence=True`` means when a setting is not given (see benchmarks/RESULTS.md).
 DEFENCE_DEFAULTS: dict[str, Any] = {
     name: getattr(Defaults, name)
-    for name in ("norm_factor", "norm_mode", "norm_window", "norm_warmup", "trim")
+    for name in (
+        "norm_factor",
+        "norm_mode",
+        "norm_window",
+        "norm_warmup",
+        "norm_abs_factor",
+        "norm_abs_floor",
+        "sample_cap_factor",
+        "trim",
+    )
 }
 
 __all__ = [
     "DEFENCE_DEFAULTS",
     "STRATEGIES",
+    "ClaimCap",
     "Contribution",
     "FedAsync",
     "FedAvg",
     "FedBuff",
+    "ModelGate",
     "NormBound",
     "Robust",
     "Staleness",
@@ -57,7 +70,10 @@ def make_strategy(
 
     With ``defence=True`` the strategy is wrapped in ``Robust``: non-finite deltas are
     refused and norms above ``norm_factor`` x the running median are refused
-    (``norm_mode="reject"``), clipped (``"clip"``) or let through (``"off"``). FedBuff
+    (``norm_mode="reject"``), clipped (``"clip"``) or let through (``"off"``); until
+    enough devices are known the bound is ``norm_abs_factor`` x max(model norm,
+    ``norm_abs_floor``). Claimed sample counts are capped at ``sample_cap_factor`` x the
+    median claim of the other devices. FedBuff
     also combines its buffer with a trimmed mean dropping ``trim`` at each end per
     coordinate (``trim=0`` keeps FedBuff's sample-weighted mean). ``norm_window`` and
     ``norm_warmup`` shape the median (``NormBound``). A ``None`` parameter is not given.
@@ -85,12 +101,15 @@ def make_strategy(
             inner = cls(weights, version, **params)
     except TypeError as exc:
         raise ConfigError("bad_param", f"strategy {name}: {exc}") from exc
+    cap = ClaimCap(settings["sample_cap_factor"])
     if settings["norm_mode"] == "off":
-        return Robust(inner)
+        return Robust(inner, claim_cap=cap)
     bound = NormBound(
         settings["norm_factor"],
         settings["norm_mode"],
         window=settings["norm_window"],
         warmup=settings["norm_warmup"],
+        abs_factor=settings["norm_abs_factor"],
+        abs_floor=settings["norm_abs_floor"],
     )
-    return Robust(inner, bound)
+    return Robust(inner, bound, cap)

@@ -18,6 +18,7 @@ from fedmq.errors import UpdateRejected
 from fedmq.model import Weights, copy_weights
 
 if TYPE_CHECKING:
+    from aggregator.strategies.gate import ModelGate
     from aggregator.strategies.state import StateReader
 
 
@@ -34,11 +35,19 @@ class Contribution:
 
 
 class Strategy(ABC):
-    """Holds the global model and turns contributions into new versions."""
+    """Holds the global model and turns contributions into new versions.
+
+    A ``gate`` (``aggregator.strategies.gate.ModelGate``), when installed, sees every
+    candidate model before it becomes the global one and may refuse it
+    (``UpdateRejected("model_rejected")``): the weights and version then stay the last
+    good ones and whatever was pending (a buffer, a round) is discarded with the update
+    that completed it, since they produced the bad candidate together.
+    """
 
     name: ClassVar[str]
     # The class as a checkpoint names it (``name`` is shared by FedBuff and its variants).
     state_name: ClassVar[str]
+    gate: ModelGate | None = None
 
     def __init__(self, weights: Mapping[str, np.ndarray], version: int = 0) -> None:
         self._weights = copy_weights(weights)
@@ -122,5 +131,7 @@ class Strategy(ABC):
         """Restore what ``_buffers()`` saved."""
 
     def _publish(self, weights: Weights) -> None:
+        if self.gate is not None:
+            self.gate.check(weights, version=self._version + 1)
         self._weights = weights
         self._version += 1

@@ -78,8 +78,10 @@ class FedAvg(Strategy):
                 (np.float32(n / total) * d[name] for n, d in self._round.values()), np.zeros_like(x)
             )
             new[name] = (x + np.float32(eta) * mean).astype(np.float32)
-        self._publish(new)
-        self._round.clear()
+        try:
+            self._publish(new)
+        finally:  # a refused candidate takes its round with it (see Strategy)
+            self._round.clear()
         return True
 
     def params(self) -> dict[str, Any]:

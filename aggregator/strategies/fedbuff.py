@@ -78,8 +78,12 @@ class FedBuff(Strategy):
             return False
         mean = self.combine()
         eta = np.float32(self.server_lr)
-        self._publish({k: (x + eta * mean[k]).astype(np.float32) for k, x in self._weights.items()})
-        self._buffer.clear()
+        try:
+            self._publish(
+                {k: (x + eta * mean[k]).astype(np.float32) for k, x in self._weights.items()}
+            )
+        finally:  # a refused candidate takes its buffer with it (see Strategy)
+            self._buffer.clear()
         return True
 
     def params(self) -> dict[str, Any]:

@@ -8,6 +8,12 @@
   latest accepted norm of each of the last ``window`` devices heard from, and refuses
   (``norm_bound``) or clips what exceeds it.
 
+Until ``warmup`` devices are known (a new fleet, or one of four devices or fewer) the
+bound is absolute instead, relative to the model: ``abs_factor × max(‖x‖, abs_floor)``
+with ``x`` the current global weights. An honest delta is a small step from ``x`` (on
+digits, under 0.15 ‖x‖), so a factor of 4 refuses nothing honest while a delta of 1e30
+never reaches the model; the floor keeps a model that starts near zero (linreg) trainable.
+
 The median adapts as training moves on (norms shrink as the model converges). One entry
 per device, not per update, because in an asynchronous fleet the fastest devices send
 most updates: a per-update window is set by them, and a fast device whose data the model
@@ -37,6 +43,8 @@ import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
+from aggregator.strategies.claims import ClaimCap
+from aggregator.strategies.gate import ModelGate
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Weights, global_norm
 
@@ -62,8 +70,8 @@ class NormBound:
     """Refuse (or clip) deltas whose norm exceeds ``factor`` × the running median norm.
 
     The median is over the latest accepted norm of each of the last ``window`` devices.
-    No bound applies until ``warmup`` devices are in the window: a median of fewer is too
-    easy for one early outlier to set.
+    Until ``warmup`` devices are in the window (a median of fewer is too easy for one
+    early outlier to set) the bound is ``abs_factor × max(‖x‖, abs_floor)`` instead.
     """
 
     def __init__(
@@ -73,6 +81,8 @@ class NormBound:
         *,
         window: int = Defaults.norm_window,
         warmup: int = Defaults.norm_warmup,
+        abs_factor: float = Defaults.norm_abs_factor,
+        abs_floor: float = Defaults.norm_abs_floor,
     ) -> None:
         if not (math.isfinite(factor) and factor > 1):
             raise ConfigError("bad_param", f"norm bound factor must be > 1, got {factor}")
@@ -80,6 +90,12 @@ class NormBound:
             raise ConfigError("bad_param", f"norm bound mode must be one of {NORM_MODES}")
         if not 1 <= warmup <= window:
             raise ConfigError("bad_param", "norm bound needs 1 <= warmup <= window")
+        if not (math.isfinite(abs_factor) and abs_factor > 0):
+            raise ConfigError("bad_param", f"norm_abs_factor must be > 0, got {abs_factor}")
+        if not (math.isfinite(abs_floor) and abs_floor > 0):
+            raise ConfigError("bad_param", f"norm_abs_floor must be > 0, got {abs_floor}")
+        self.abs_factor = float(abs_factor)
+        self.abs_floor = float(abs_floor)
         self.factor = float(factor)
         self.mode = mode
         self.window = int(window)
@@ -87,23 +103,35 @@ class NormBound:
         self._norms: OrderedDict[str, float] = OrderedDict()  # device -> norm, oldest first
         self._anonymous = 0
 
-    def bound(self) -> float | None:
-        """The current bound, or None while fewer than ``warmup`` devices are known."""
-        if len(self._norms) < self.warmup:
-            return None
-        return self.factor * statistics.median(self._norms.values())
+    def warm(self) -> bool:
+        """Whether enough devices are known for the median-based bound."""
+        return len(self._norms) >= self.warmup
 
-    def screen(self, c: Contribution) -> tuple[Contribution, float]:
+    def bound(self, model_norm: float | None = None) -> float | None:
+        """The current bound: median-based once warm, else absolute (None without a model)."""
+        if self.warm():
+            return self.factor * statistics.median(self._norms.values())
+        if model_norm is None:
+            return None
+        return self.abs_factor * max(model_norm, self.abs_floor)
+
+    def screen(
+        self, c: Contribution, model_norm: float | None = None
+    ) -> tuple[Contribution, float]:
         """The contribution to pass on (clipped if need be) and the norm to record."""
         norm = finite_norm(c)
-        bound = self.bound()
+        bound = self.bound(model_norm)
         if bound is None or norm <= bound:
             return c, norm
         if self.mode == "reject":
+            why = (
+                f"{self.factor:g} x the median norm of recent devices"
+                if self.warm()
+                else f"{self.abs_factor:g} x max(model norm, {self.abs_floor:g})"
+            )
             raise UpdateRejected(
                 "norm_bound",
-                f"delta norm {norm:.4g} exceeds the bound {bound:.4g} "
-                f"({self.factor:g} x the median norm of recent devices)",
+                f"delta norm {norm:.4g} exceeds the bound {bound:.4g} ({why})",
                 device=c.device or None,
                 norm=norm,
                 bound=bound,
@@ -126,6 +154,8 @@ class NormBound:
             "norm_mode": self.mode,
             "norm_window": self.window,
             "norm_warmup": self.warmup,
+            "norm_abs_factor": self.abs_factor,
+            "norm_abs_floor": self.abs_floor,
         }
 
     def state(self) -> dict[str, Any]:
@@ -135,6 +165,8 @@ class NormBound:
                 "mode": self.mode,
                 "window": self.window,
                 "warmup": self.warmup,
+                "abs_factor": self.abs_factor,
+                "abs_floor": self.abs_floor,
             },
             "norms": [{"device": d, "norm": n} for d, n in self._norms.items()],
             "anonymous": self._anonymous,
@@ -158,7 +190,7 @@ def _scaled(delta: Mapping[str, np.ndarray], scale: float) -> Weights:
 
 
 class Robust(Strategy):
-    """Any strategy behind a screen: non-finite deltas refused, norms bounded.
+    """Any strategy behind a screen: non-finite deltas refused, norms bounded, claims capped.
 
     The wrapper holds no model state of its own: weights, version, pending and flush
     are the inner strategy's, and ``name`` is the inner strategy's name, so a service or
@@ -167,10 +199,24 @@ class Robust(Strategy):
 
     state_name = "robust"
 
-    def __init__(self, inner: Strategy, norm_bound: NormBound | None = None) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        norm_bound: NormBound | None = None,
+        claim_cap: ClaimCap | None = None,
+    ) -> None:
         # No super().__init__(): the weights and version live in ``inner`` only.
         self.inner = inner
         self.norm_bound = norm_bound
+        self.claim_cap = claim_cap
+
+    @property
+    def gate(self) -> ModelGate | None:  # type: ignore[override]
+        return self.inner.gate
+
+    @gate.setter
+    def gate(self, gate: ModelGate | None) -> None:
+        self.inner.gate = gate
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -192,12 +238,18 @@ class Robust(Strategy):
         return self.inner.staleness(c)
 
     def apply(self, c: Contribution) -> bool:
+        screened = c if self.claim_cap is None else self.claim_cap.screen(c)
         if self.norm_bound is None:
             finite_norm(c)
-            return self.inner.apply(c)
-        screened, norm = self.norm_bound.screen(c)
+            norm = 0.0
+        else:
+            screened, norm = self.norm_bound.screen(screened, global_norm(self.inner.weights))
         produced = self.inner.apply(screened)
-        self.norm_bound.record(norm, c.device)  # only reached when the inner strategy accepted it
+        # Only reached when the inner strategy accepted it.
+        if self.norm_bound is not None:
+            self.norm_bound.record(norm, c.device)
+        if self.claim_cap is not None:
+            self.claim_cap.record(c)
         return produced
 
     def flush(self) -> bool:
@@ -205,13 +257,24 @@ class Robust(Strategy):
 
     def params(self) -> dict[str, Any]:
         bound = self.norm_bound.params() if self.norm_bound else {}
-        return {**self.inner.params(), "defence": True, **bound}
+        cap = self.claim_cap.params() if self.claim_cap else {}
+        return {**self.inner.params(), "defence": True, **bound, **cap}
 
     def state(self) -> dict[str, Any]:
         bound = None if self.norm_bound is None else self.norm_bound.state()
-        return {"class": self.state_name, "inner": self.inner.state(), "norm_bound": bound}
+        cap = None if self.claim_cap is None else self.claim_cap.state()
+        return {
+            "class": self.state_name,
+            "inner": self.inner.state(),
+            "norm_bound": bound,
+            "claim_cap": cap,
+        }
 
     @classmethod
     def from_state(cls, s: StateReader) -> Robust:
-        bound = s.maybe("norm_bound")
-        return cls(s.strategy("inner"), None if bound is None else NormBound.from_state(bound))
+        bound, cap = s.maybe("norm_bound"), s.maybe("claim_cap")
+        return cls(
+            s.strategy("inner"),
+            None if bound is None else NormBound.from_state(bound),
+            None if cap is None else ClaimCap.from_state(cap),
+        )

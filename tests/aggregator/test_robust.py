@@ -92,7 +92,7 @@ def test_non_finite_delta_is_refused_and_changes_nothing(bad, norm_bound):
 
 
 def test_only_updates_the_inner_strategy_accepted_enter_the_window():
-    nb = NormBound(3.0, warmup=1)
+    nb = NormBound(3.0, warmup=1, abs_factor=10.0)
     s = Robust(FedBuff(w(0.0), k=1, max_staleness=0), nb)
     s.apply(contrib(3.0, 4.0))  # norm 5, version 1
     assert nb.bound() == pytest.approx(15.0)
