@@ -134,7 +134,26 @@ class Schema:
         if text:
             raise DataError("bad_value", f"feature columns must be numbers; not so: {text}")
         classes = order_classes(labels) if task == "classification" else None
+        if classes is not None and len(classes) < 2:
+            raise DataError(
+                "one_class",
+                f"label column {label!r} holds one class only ({classes[0]!r}); "
+                "a classifier needs examples of at least two",
+            )
         return cls(tuple(features), label, task, classes)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, label: str, task: str | None = None) -> Schema:
+        """The schema of the CSV at ``path`` (first row the header), label column ``label``;
+        DataError for a file that cannot be read as a table or described by a schema."""
+        from fedmq.data.table import read_table  # fedmq.data imports this module
+
+        table = read_table(path)
+        assert table.header is not None
+        try:
+            return cls.infer(table.header, table.rows, label, task)
+        except DataError as exc:
+            raise DataError(exc.reason, f"{path}: {exc.message}", **exc.fields) from exc
 
     # -- labels -----------------------------------------------------------------------
 

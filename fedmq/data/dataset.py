@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedmq.errors import ConfigError, DataError
 from fedmq.model import MAX_WIDTH
+
+if TYPE_CHECKING:
+    from fedmq.schema import Schema
 
 TASK_NAMES = {
     "classification": "classification",
@@ -118,14 +121,6 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y)
 
 
-def check_file(path: Path) -> None:
-    """DataError unless ``path`` is an existing regular file."""
-    if not path.exists():
-        raise DataError("no_file", f"{path}: no such file", path=str(path))
-    if not path.is_file():
-        raise DataError("no_file", f"{path}: not a regular file", path=str(path))
-
-
 def targets(values: np.ndarray, task: str, where: Callable[[int], str]) -> np.ndarray:
     """Labels (int64) or targets (float32) from parsed float64 values; ``where(i)``
     names the place of value ``i`` in error messages."""
@@ -161,6 +156,31 @@ def to_f32(values: np.ndarray) -> np.ndarray:
     """Cast to float32; values beyond its range become inf (callers check)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return values.astype(np.float32)
+
+
+def check_schema(ds: Dataset, schema: Schema, where: str) -> Dataset:
+    """``ds`` if it fits ``schema`` (feature count, task, class indices below the number of
+    classes); DataError ``missing_feature`` / ``extra_feature`` / ``wrong_task`` /
+    ``unknown_class`` otherwise. For data read by position (NPZ), which has no names."""
+    n = ds.n_features
+    if n != schema.n_features:
+        raise DataError(
+            "missing_feature" if n < schema.n_features else "extra_feature",
+            f"{where}: {n} feature columns, the schema has {schema.n_features} "
+            f"({list(schema.features)})",
+        )
+    if ds.task != schema.task:
+        raise DataError(
+            "wrong_task", f"{where}: the data is for {ds.task}, the schema for {schema.task}"
+        )
+    if schema.classes is not None and len(ds) and int(ds.y.max()) >= len(schema.classes):
+        row = int(np.argmax(ds.y >= len(schema.classes)))
+        raise DataError(
+            "unknown_class",
+            f"{where}: y[{row}] = {int(ds.y[row])} is not a class index of the schema "
+            f"(0..{len(schema.classes) - 1}: {list(schema.classes)})",
+        )
+    return ds
 
 
 def standardize(

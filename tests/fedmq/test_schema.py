@@ -92,3 +92,40 @@ def test_bad_schema_files_are_one_clear_error(tmp_path, text) -> None:
 @given(st.lists(st.integers(-1000, 1000), min_size=1, max_size=30))
 def test_integer_classes_sort_numerically(values) -> None:
     assert [int(c) for c in order_classes([str(v) for v in values])] == sorted(set(values))
+
+
+def test_from_csv_reads_the_header_and_names_the_file_in_errors(tmp_path) -> None:
+    path = tmp_path / "dev.csv"
+    path.write_text("temp_c,activity,pressure_pa\n20,walking,101325\n19,idle,\n")
+    s = Schema.from_csv(path, "activity")
+    assert s == Schema(("temp_c", "pressure_pa"), "activity", "classification", ("idle", "walking"))
+    with pytest.raises(DataError, match=r"dev\.csv.*\['activity'\]") as info:
+        Schema.from_csv(path, "temp_c")  # activity is then a text feature
+    assert info.value.reason == "bad_value"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty_file"),
+        ("a,y\n", "no_rows"),
+        ("1,2\n3,4\n", "no_header"),
+        ("a,y\n1,2,3\n", "ragged"),
+        ("a,y\n1,cat\n", "one_class"),
+        ("y\ncat\ndog\n", "bad_schema"),  # no feature
+    ],
+)
+def test_from_csv_refuses_what_is_not_a_table_with_features_and_classes(
+    tmp_path, text, reason
+) -> None:
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(DataError) as info:
+        Schema.from_csv(tmp_path / "d.csv", "y")
+    assert info.value.reason == reason
+    assert str(tmp_path / "d.csv") in str(info.value)
+
+
+def test_from_csv_on_a_missing_file(tmp_path) -> None:
+    with pytest.raises(DataError) as info:
+        Schema.from_csv(tmp_path / "nope.csv", "y")
+    assert info.value.reason == "no_file"
