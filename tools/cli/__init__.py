@@ -12,7 +12,7 @@ import typer
 
 from fedmq._version import __version__
 from fedmq.errors import FedmqError
-from tools.cli import broker, certs, demo, services, simulate
+from tools.cli import broker, certs, data, demo, services, simulate
 
 app = typer.Typer(
     name="fedmq",
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 broker.register(app)
 certs.register(app)
+data.register(app)
 demo.register(app)
 services.register(app)
 simulate.register(app)
