@@ -15,9 +15,9 @@ the schema's order and text labels are mapped to class indices; see
 :func:`load_csv_with_schema` for the reasons a file can fail it.
 
 By concern: ``dataset`` (the :class:`Dataset` invariants, :func:`standardize`,
-:func:`check_schema`), ``table`` (the one CSV reader: a file as a text :class:`Table`,
-and :func:`describe`), ``csv_files`` and ``npz_files`` (one file format each); import
-them from here.
+:func:`check_fits` and :func:`check_schema`), ``table`` (the one CSV reader: a file as
+a text :class:`Table`, and :func:`describe`), ``csv_files`` and ``npz_files`` (one file
+format each); import them from here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedmq.data.csv_files import load_csv, load_csv_with_schema, save_csv
-from fedmq.data.dataset import Dataset, canonical_task, check_schema, standardize
+from fedmq.data.dataset import Dataset, canonical_task, check_fits, check_schema, standardize
 from fedmq.data.npz_files import load_npz, save_npz
 from fedmq.data.table import Table, describe, read_table
 from fedmq.errors import DataError
@@ -39,6 +39,7 @@ __all__ = [
     "Dataset",
     "Table",
     "canonical_task",
+    "check_fits",
     "check_schema",
     "describe",
     "load_csv",

@@ -1,4 +1,5 @@
-"""CSV data files: one sample a row, a header, the label in one column.
+"""CSV data files: one sample a row, a header row (optional without a schema), the label in
+one column.
 
 Without a schema, columns are taken by position (the label by name or index, every
 other column a feature). With a :class:`~fedmq.schema.Schema`, columns are taken by

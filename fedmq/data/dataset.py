@@ -159,26 +159,54 @@ def to_f32(values: np.ndarray) -> np.ndarray:
 
 
 def check_schema(ds: Dataset, schema: Schema, where: str) -> Dataset:
-    """``ds`` if it fits ``schema`` (feature count, task, class indices below the number of
-    classes); DataError ``missing_feature`` / ``extra_feature`` / ``wrong_task`` /
-    ``unknown_class`` otherwise. For data read by position (NPZ), which has no names."""
+    """``ds`` if it fits ``schema`` (see :func:`check_fits`). For data read by position
+    (NPZ), which has no column names to check."""
+    names = f" ({list(schema.features)})"
+    classes = f": {list(schema.classes)}" if schema.classes is not None else ""
+    return check_fits(
+        ds,
+        features=schema.n_features,
+        task=schema.task,
+        outputs=schema.n_outputs,
+        where=where,
+        against=f"the schema{names}",
+        classes=classes,
+    )
+
+
+def check_fits(
+    ds: Dataset,
+    *,
+    features: int,
+    task: str,
+    outputs: int,
+    where: str,
+    against: str = "the model",
+    classes: str = "",
+) -> Dataset:
+    """``ds`` if a model of ``features`` inputs and ``outputs`` outputs (classes, or
+    regression targets) for ``task`` can learn from it; else DataError ``missing_feature``
+    / ``extra_feature`` (feature count), ``wrong_task``, ``unknown_class`` (a class index
+    >= ``outputs``) or ``wrong_outputs`` (regression target count), the message starting
+    with ``where`` and naming ``against``."""
     n = ds.n_features
-    if n != schema.n_features:
+    if n != features:
         raise DataError(
-            "missing_feature" if n < schema.n_features else "extra_feature",
-            f"{where}: {n} feature columns, the schema has {schema.n_features} "
-            f"({list(schema.features)})",
+            "missing_feature" if n < features else "extra_feature",
+            f"{where}: {n} feature columns, {against} has {features}",
         )
-    if ds.task != schema.task:
-        raise DataError(
-            "wrong_task", f"{where}: the data is for {ds.task}, the schema for {schema.task}"
-        )
-    if schema.classes is not None and len(ds) and int(ds.y.max()) >= len(schema.classes):
-        row = int(np.argmax(ds.y >= len(schema.classes)))
+    if ds.task != canonical_task(task):
+        raise DataError("wrong_task", f"{where}: the data is for {ds.task}, {against} for {task}")
+    if ds.task == "classification" and int(ds.y.max()) >= outputs:
+        row = int(np.argmax(ds.y >= outputs))
         raise DataError(
             "unknown_class",
-            f"{where}: y[{row}] = {int(ds.y[row])} is not a class index of the schema "
-            f"(0..{len(schema.classes) - 1}: {list(schema.classes)})",
+            f"{where}: y[{row}] = {int(ds.y[row])} is not a class index of {against} "
+            f"(0..{outputs - 1}{classes})",
+        )
+    if ds.task == "regression" and ds.y.shape[1] != outputs:
+        raise DataError(
+            "wrong_outputs", f"{where}: {ds.y.shape[1]} targets, {against} has {outputs} outputs"
         )
     return ds
 

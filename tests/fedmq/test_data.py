@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from fedmq.data import (
     Dataset,
     canonical_task,
+    check_fits,
     describe,
     load_csv,
     load_dataset,
@@ -491,3 +492,20 @@ def test_random_bytes_never_crash_the_schema_reader_or_loader(blob):
         ):
             with contextlib.suppress(DataError):
                 read()
+
+
+@pytest.mark.parametrize(
+    ("ds", "kwargs", "reason"),
+    [
+        (Dataset(np.ones((2, 3)), np.array([0, 1])), {}, "extra_feature"),
+        (Dataset(np.ones((2, 2)), np.array([0, 3])), {}, "unknown_class"),
+        (Dataset(np.ones((2, 2)), np.array([0.5, 1])), {}, "wrong_task"),
+        (Dataset(np.ones((2, 2)), np.ones((2, 2))), {"task": "regression"}, "wrong_outputs"),
+    ],
+)
+def test_check_fits_names_what_a_model_cannot_learn_from(ds, kwargs, reason):
+    args = {"features": 2, "task": "classification", "outputs": 3, "where": "eval.csv", **kwargs}
+    err = error(check_fits, ds, **args)
+    assert err.reason == reason and str(err).startswith("eval.csv: ")
+    ok = Dataset(np.ones((2, 2)), np.array([0, 2]))
+    assert check_fits(ok, features=2, task="classify", outputs=3, where="x") is ok
