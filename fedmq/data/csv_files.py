@@ -125,10 +125,11 @@ def _schema_labels(table: Table, col: int, schema: Schema) -> np.ndarray:
             raise DataError("bad_value", f"{table.where(r)}: label column {name!r} is empty")
     if schema.task == "regression":
         return targets(_numbers(table, [col])[:, 0], "regression", table.where)
-    cells = table.column(col)
-    return np.array(
-        [schema.encode_label(c, table.where(r)) for r, c in enumerate(cells)], dtype=np.int64
-    )
+    index: dict[str, int] = {}  # encode each distinct cell once: a file has few classes
+    for r, cell in enumerate(table.column(col)):
+        if cell not in index:
+            index[cell] = schema.encode_label(cell, table.where(r))
+    return np.array([index[c] for c in table.column(col)], dtype=np.int64)
 
 
 def save_csv(path: str | os.PathLike[str], ds: Dataset, *, header: bool = True) -> None:

@@ -489,6 +489,7 @@ def test_random_bytes_never_crash_the_schema_reader_or_loader(blob):
             lambda: load_csv(path, schema=SENSOR),
             lambda: load_csv(path, schema=Schema(("a",), "b", "regression")),
             lambda: describe(read_table(path), "a"),
+            lambda: load_csv(path),
         ):
             with contextlib.suppress(DataError):
                 read()
