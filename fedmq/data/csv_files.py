@@ -1,4 +1,11 @@
-"""CSV data files: one sample a row, an optional header, the label in one column."""
+"""CSV data files: one sample a row, a header row (optional without a schema), the label in
+one column.
+
+Without a schema, columns are taken by position (the label by name or index, every
+other column a feature). With a :class:`~fedmq.schema.Schema`, columns are taken by
+name in the schema's order, so a device's file may order them as it likes, and a label
+written as text becomes its class index.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +13,123 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedmq.data.dataset import Dataset, canonical_task, check_file, finite_f32, targets
+from fedmq.data.dataset import Dataset, canonical_task, finite_f32, targets
+from fedmq.data.table import Rows, Table, make_table, parse_number, read_rows, read_table
 from fedmq.errors import DataError
 from fedmq.files import atomic_open
 
-Rows = list[tuple[int, list[str]]]  # (line number, stripped cells)
+if TYPE_CHECKING:
+    from fedmq.schema import Schema
 
 
 def load_csv(
     path: str | os.PathLike[str],
     *,
-    label: str | int = -1,
-    task: str = "classification",
+    label: str | int | None = None,
+    task: str | None = None,
+    schema: Schema | None = None,
 ) -> Dataset:
     """Read a CSV of numbers, one sample per row, the label in column ``label``.
 
-    The first row is a header when none of its cells is a number; a first row that
-    mixes numbers and text is refused as ambiguous. Blank lines are skipped. ``label``
-    is a column name (needs a header), an index (negative counts from the end; default
-    the last column), or an index written as text (``"-1"``).
+    Without ``schema``: the first row is a header when none of its cells is a number; a
+    first row that mixes numbers and text is refused as ambiguous. Blank lines are
+    skipped. ``label`` is a column name (needs a header), an index (negative counts
+    from the end; default the last column), or an index written as text (``"-1"``);
+    ``task`` defaults to classification, with labels already class indices.
+
+    With ``schema`` (see :func:`load_csv_with_schema`), ``label`` and ``task`` may be
+    left out; given, they must agree with it.
     """
     path = Path(path)
-    kind = canonical_task(task)
-    check_file(path)
-    header, rows = _split_header(_read_rows(path), path)
-    ncols = len(header if header is not None else rows[0][1])
-    if ncols < 2:
+    if schema is not None:
+        return load_csv_with_schema(path, schema, label=label, task=task)
+    kind = canonical_task("classification" if task is None else task)
+    header, rows = _split_header(read_rows(path), path)
+    table = make_table(path, header, rows)
+    if table.width < 2:
         raise DataError(
             "bad_shape",
-            f"{path}: need at least two columns (features and a label), found {ncols}",
+            f"{path}: need at least two columns (features and a label), found {table.width}",
         )
-    label_col = _label_index(label, header, ncols, path)
-    values = _values(rows, header, ncols, path)
-    lines = [line for line, _ in rows]
-    x64 = values[:, [c for c in range(ncols) if c != label_col]]
-    x = finite_f32(x64, lambda i: f"{path}:{lines[i[0]]}: value {x64[i]} does not fit in float32")
-    y = targets(values[:, label_col], kind, lambda i: f"{path}:{lines[i]}")
+    label_col = _label_index(-1 if label is None else label, header, table.width, path)
+    features = [c for c in range(table.width) if c != label_col]
+    x = _features(table, features)
+    y = targets(_numbers(table, [label_col])[:, 0], kind, table.where)
     return Dataset(x, y)
+
+
+def load_csv_with_schema(
+    path: str | os.PathLike[str],
+    schema: Schema,
+    *,
+    label: str | int | None = None,
+    task: str | None = None,
+) -> Dataset:
+    """Read the CSV at ``path`` through ``schema``: its feature columns by name, in the
+    schema's order, and its label column mapped to class indices (classification) or
+    read as float targets (regression).
+
+    DataError reasons: ``missing_feature`` / ``extra_feature`` (naming the columns),
+    ``no_label``, ``unknown_class``, ``wrong_label`` / ``wrong_task`` (``label`` or
+    ``task`` given and not the schema's), and every reason of :func:`read_table`.
+    """
+    path = Path(path)
+    _check_agrees(schema, label, task, path)
+    table = read_table(path)
+    assert table.header is not None
+    columns = {name: i for i, name in enumerate(table.header)}
+    if schema.label not in columns:
+        raise DataError(
+            "no_label",
+            f"{path}: label column {schema.label!r} not found; the columns are {table.header}",
+            path=str(path),
+        )
+    missing = [f for f in schema.features if f not in columns]
+    if missing:
+        raise DataError(
+            "missing_feature", f"{path}: feature column(s) {missing} missing", path=str(path)
+        )
+    known = {*schema.features, schema.label}
+    extra = [name for name in table.header if name not in known]
+    if extra:
+        raise DataError(
+            "extra_feature",
+            f"{path}: column(s) {extra} are not in the schema (its features are "
+            f"{list(schema.features)}, its label {schema.label!r})",
+            path=str(path),
+        )
+    x = _features(table, [columns[f] for f in schema.features])
+    return Dataset(x, _schema_labels(table, columns[schema.label], schema))
+
+
+def _check_agrees(schema: Schema, label: str | int | None, task: str | None, path: Path) -> None:
+    if label is not None and label != schema.label:
+        raise DataError(
+            "wrong_label",
+            f"{path}: label {label!r} given, but the schema's label column is {schema.label!r}",
+        )
+    if task is not None and canonical_task(task) != schema.task:
+        raise DataError(
+            "wrong_task", f"{path}: task {task!r} given, but the schema's task is {schema.task}"
+        )
+
+
+def _schema_labels(table: Table, col: int, schema: Schema) -> np.ndarray:
+    name = schema.label
+    for r, cell in enumerate(table.column(col)):
+        if cell == "":
+            raise DataError("bad_value", f"{table.where(r)}: label column {name!r} is empty")
+    if schema.task == "regression":
+        return targets(_numbers(table, [col])[:, 0], "regression", table.where)
+    index: dict[str, int] = {}  # encode each distinct cell once: a file has few classes
+    for r, cell in enumerate(table.column(col)):
+        if cell not in index:
+            index[cell] = schema.encode_label(cell, table.where(r))
+    return np.array([index[c] for c in table.column(col)], dtype=np.int64)
 
 
 def save_csv(path: str | os.PathLike[str], ds: Dataset, *, header: bool = True) -> None:
@@ -72,36 +156,13 @@ def save_csv(path: str | os.PathLike[str], ds: Dataset, *, header: bool = True) 
             writer.writerow(cells)
 
 
-def _read_rows(path: Path) -> Rows:
-    """The non-blank rows of ``path``, cells stripped; at least one."""
-    try:
-        rows: Rows = []
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            for row in reader:
-                cells = [c.strip() for c in row]
-                if any(cells):  # blank lines are skipped
-                    rows.append((reader.line_num, cells))
-    except UnicodeDecodeError as exc:
-        raise DataError("bad_file", f"{path}: not UTF-8 text ({exc.reason})") from exc
-    except csv.Error as exc:
-        raise DataError("bad_file", f"{path}: not valid CSV ({exc})") from exc
-    except OSError as exc:
-        raise DataError("no_file", f"{path}: cannot read ({exc.strerror or exc})") from exc
-    if not rows:
-        raise DataError("empty_file", f"{path}: the file is empty", path=str(path))
-    return rows
-
-
 def _split_header(rows: Rows, path: Path) -> tuple[list[str] | None, Rows]:
-    """The header (a first row without numbers), if any, and the data rows (at least one)."""
-    header: list[str] | None = None
+    """The header (a first row without numbers), if any, and the data rows."""
     first_line, first = rows[0]
-    numeric = [_parse_cell(c) is not None for c in first]
+    numeric = [parse_number(c) is not None for c in first]
     if not any(numeric):
-        header = first
-        rows = rows[1:]
-    elif not all(numeric):
+        return first, rows[1:]
+    if not all(numeric):
         col = numeric.index(False)
         raise DataError(
             "bad_value",
@@ -111,26 +172,26 @@ def _split_header(rows: Rows, path: Path) -> tuple[list[str] | None, Rows]:
             path=str(path),
             line=first_line,
         )
-    if not rows:
-        raise DataError("no_rows", f"{path}: the file has a header but no data rows")
-    return header, rows
+    return None, rows
 
 
-def _values(rows: Rows, header: list[str] | None, ncols: int, path: Path) -> np.ndarray:
-    """The cells as float64, ``(rows, ncols)``; DataError at the first bad cell."""
-    values = np.empty((len(rows), ncols), dtype=np.float64)
-    for r, (line, row) in enumerate(rows):
-        if len(row) != ncols:
-            raise DataError(
-                "ragged",
-                f"{path}:{line}: row has {len(row)} columns, expected {ncols}",
-                path=str(path),
-                line=line,
-            )
-        for c, cell in enumerate(row):
-            v = _parse_cell(cell)
+def _features(table: Table, cols: list[int]) -> np.ndarray:
+    values = _numbers(table, cols)
+    return finite_f32(
+        values, lambda i: f"{table.where(i[0])}: value {values[i]} does not fit in float32"
+    )
+
+
+def _numbers(table: Table, cols: list[int]) -> np.ndarray:
+    """Columns ``cols`` of ``table`` as float64, ``(rows, len(cols))``; DataError at the
+    first cell that is empty, not a number, or not finite."""
+    values = np.empty((len(table.rows), len(cols)), dtype=np.float64)
+    for r, row in enumerate(table.rows):
+        for j, c in enumerate(cols):
+            cell = row[c]
+            v = parse_number(cell)
             if v is None or not math.isfinite(v):
-                name = f" ({header[c]!r})" if header is not None else ""
+                name = f" ({table.header[c]!r})" if table.header is not None else ""
                 what = (
                     "is empty"
                     if not cell
@@ -140,20 +201,13 @@ def _values(rows: Rows, header: list[str] | None, ncols: int, path: Path) -> np.
                 )
                 raise DataError(
                     "bad_value" if v is None else "not_finite",
-                    f"{path}:{line}: column {c + 1}{name}: {what}",
-                    path=str(path),
-                    line=line,
+                    f"{table.where(r)}: column {c + 1}{name}: {what}",
+                    path=str(table.path),
+                    line=table.lines[r],
                     column=c + 1,
                 )
-            values[r, c] = v
+            values[r, j] = v
     return values
-
-
-def _parse_cell(cell: str) -> float | None:
-    try:
-        return float(cell)
-    except ValueError:
-        return None
 
 
 def _label_index(label: str | int, header: list[str] | None, ncols: int, path: Path) -> int:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedmq.errors import ConfigError, DataError
 from fedmq.model import MAX_WIDTH
+
+if TYPE_CHECKING:
+    from fedmq.schema import Schema
 
 TASK_NAMES = {
     "classification": "classification",
@@ -118,14 +121,6 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(y)
 
 
-def check_file(path: Path) -> None:
-    """DataError unless ``path`` is an existing regular file."""
-    if not path.exists():
-        raise DataError("no_file", f"{path}: no such file", path=str(path))
-    if not path.is_file():
-        raise DataError("no_file", f"{path}: not a regular file", path=str(path))
-
-
 def targets(values: np.ndarray, task: str, where: Callable[[int], str]) -> np.ndarray:
     """Labels (int64) or targets (float32) from parsed float64 values; ``where(i)``
     names the place of value ``i`` in error messages."""
@@ -161,6 +156,59 @@ def to_f32(values: np.ndarray) -> np.ndarray:
     """Cast to float32; values beyond its range become inf (callers check)."""
     with np.errstate(over="ignore", invalid="ignore"):
         return values.astype(np.float32)
+
+
+def check_schema(ds: Dataset, schema: Schema, where: str) -> Dataset:
+    """``ds`` if it fits ``schema`` (see :func:`check_fits`). For data read by position
+    (NPZ), which has no column names to check."""
+    names = f" ({list(schema.features)})"
+    classes = f": {list(schema.classes)}" if schema.classes is not None else ""
+    return check_fits(
+        ds,
+        features=schema.n_features,
+        task=schema.task,
+        outputs=schema.n_outputs,
+        where=where,
+        against=f"the schema{names}",
+        classes=classes,
+    )
+
+
+def check_fits(
+    ds: Dataset,
+    *,
+    features: int,
+    task: str,
+    outputs: int,
+    where: str,
+    against: str = "the model",
+    classes: str = "",
+) -> Dataset:
+    """``ds`` if a model of ``features`` inputs and ``outputs`` outputs (classes, or
+    regression targets) for ``task`` can learn from it; else DataError ``missing_feature``
+    / ``extra_feature`` (feature count), ``wrong_task``, ``unknown_class`` (a class index
+    >= ``outputs``) or ``wrong_outputs`` (regression target count), the message starting
+    with ``where`` and naming ``against``."""
+    n = ds.n_features
+    if n != features:
+        raise DataError(
+            "missing_feature" if n < features else "extra_feature",
+            f"{where}: {n} feature columns, {against} has {features}",
+        )
+    if ds.task != canonical_task(task):
+        raise DataError("wrong_task", f"{where}: the data is for {ds.task}, {against} for {task}")
+    if ds.task == "classification" and int(ds.y.max()) >= outputs:
+        row = int(np.argmax(ds.y >= outputs))
+        raise DataError(
+            "unknown_class",
+            f"{where}: y[{row}] = {int(ds.y[row])} is not a class index of {against} "
+            f"(0..{outputs - 1}{classes})",
+        )
+    if ds.task == "regression" and ds.y.shape[1] != outputs:
+        raise DataError(
+            "wrong_outputs", f"{where}: {ds.y.shape[1]} targets, {against} has {outputs} outputs"
+        )
+    return ds
 
 
 def standardize(

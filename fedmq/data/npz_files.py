@@ -5,18 +5,37 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedmq.data.dataset import Dataset, canonical_task, check_file, finite_f32, targets
+from fedmq.data.dataset import Dataset, canonical_task, check_schema, finite_f32, targets
+from fedmq.data.table import check_file
 from fedmq.errors import DataError
 from fedmq.files import atomic_open
 
+if TYPE_CHECKING:
+    from fedmq.schema import Schema
 
-def load_npz(path: str | os.PathLike[str], *, task: str = "classification") -> Dataset:
-    """Read an ``.npz`` holding arrays ``x`` (n, features) and ``y`` (n,) or (n, 1)."""
+
+def load_npz(
+    path: str | os.PathLike[str],
+    *,
+    task: str | None = None,
+    schema: Schema | None = None,
+) -> Dataset:
+    """Read an ``.npz`` holding arrays ``x`` (n, features) and ``y`` (n,) or (n, 1).
+
+    ``task`` defaults to the schema's, else classification. An NPZ has no column names,
+    so a ``schema`` is checked by count: see :func:`~fedmq.data.dataset.check_schema`.
+    """
     path = Path(path)
-    kind = canonical_task(task)
+    if schema is not None and task is not None and canonical_task(task) != schema.task:
+        raise DataError(
+            "wrong_task", f"{path}: task {task!r} given, but the schema's task is {schema.task}"
+        )
+    default = schema.task if schema is not None else "classification"
+    kind = canonical_task(default if task is None else task)
     check_file(path)
     x, y = _arrays(path)
     if x.dtype.kind not in "biuf" or x.ndim != 2:
@@ -41,7 +60,8 @@ def load_npz(path: str | os.PathLike[str], *, task: str = "classification") -> D
     if not np.isfinite(yf).all():
         r = int(np.argmin(np.isfinite(yf)))
         raise DataError("not_finite", f"{path}: y[{r}] is {yf[r]} (values must be finite)")
-    return Dataset(xf, targets(yf, kind, lambda i: f"{path}: y[{i}]"))
+    ds = Dataset(xf, targets(yf, kind, lambda i: f"{path}: y[{i}]"))
+    return ds if schema is None else check_schema(ds, schema, str(path))
 
 
 def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:

@@ -1,7 +1,10 @@
-"""fedmq.data: CSV/NPZ loading and saving, the Dataset invariants, standardize."""
+"""fedmq.data: CSV/NPZ loading and saving, through a schema or not, the Dataset invariants,
+text tables, standardize."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import tempfile
 from pathlib import Path
 
@@ -14,14 +17,18 @@ from hypothesis.extra import numpy as hnp
 from fedmq.data import (
     Dataset,
     canonical_task,
+    check_fits,
+    describe,
     load_csv,
     load_dataset,
     load_npz,
+    read_table,
     save_csv,
     save_npz,
     standardize,
 )
 from fedmq.errors import ConfigError, DataError
+from fedmq.schema import Schema
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -261,9 +268,10 @@ def test_task_names(tmp_path, task, expected):
     assert canonical_task(task) == expected
     path = write(tmp_path, "d.csv", "1,2\n3,4\n")
     assert load_dataset(path, task=task).task == expected
+    assert load_dataset(path, task=None).task == "classification"  # None: the default
 
 
-@pytest.mark.parametrize("task", ["digits", "linreg", "", None, "Classification"])
+@pytest.mark.parametrize("task", ["digits", "linreg", "", "Classification"])
 def test_bad_task_name(tmp_path, task):
     path = write(tmp_path, "d.csv", "1,2\n")
     with pytest.raises(ConfigError) as info:
@@ -320,3 +328,185 @@ def test_random_matrices_round_trip(x, data):
                 assert back.x.dtype == np.float32 and back.y.dtype == ds.y.dtype
                 np.testing.assert_array_equal(back.x, ds.x)
                 np.testing.assert_array_equal(back.y, ds.y)
+
+
+# ------------------------------------------------------------- through a schema
+
+SENSOR = Schema(("temp_c", "pressure_pa"), "activity", "classification", ("idle", "walking"))
+
+
+def test_a_schema_reads_columns_by_name_in_its_order_and_maps_class_names(tmp_path):
+    path = write(
+        tmp_path, "dev.csv", "activity,pressure_pa,temp_c\nwalking,101325,20.5\nidle,99000,19\n"
+    )
+    ds = load_csv(path, schema=SENSOR)
+    np.testing.assert_array_equal(ds.x, np.array([[20.5, 101325], [19, 99000]], np.float32))
+    assert ds.y.tolist() == [1, 0]
+    assert load_dataset(path, schema=SENSOR, label="activity", task="classify").y.tolist() == [1, 0]
+
+
+def test_a_regression_schema_reads_float_targets(tmp_path):
+    schema = Schema(("a",), "y", "regression")
+    ds = load_csv(write(tmp_path, "r.csv", "y,a\n0.25,1\n-3,2\n"), schema=schema)
+    assert ds.task == "regression" and ds.y[:, 0].tolist() == [0.25, -3.0]
+
+
+def test_integer_class_names_match_numerically(tmp_path):
+    schema = Schema(("a",), "digit", "classification", ("0", "2", "10"))
+    ds = load_csv(write(tmp_path, "d.csv", "a,digit\n1,10\n2,2.0\n3,0\n"), schema=schema)
+    assert ds.y.tolist() == [2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("text", "kwargs", "reason", "fragments"),
+    [
+        ("activity,temp_c\nidle,1\n", {}, "missing_feature", ["['pressure_pa']"]),
+        (
+            "activity,temp_c,pressure_pa,ts,x\nidle,1,2,3,4\n",
+            {},
+            "extra_feature",
+            ["['ts', 'x']"],
+        ),
+        ("temp_c,pressure_pa\n1,2\n", {}, "no_label", ["'activity'"]),
+        ("activity,temp_c,pressure_pa\nidle,1,2\nrunning,1,2\n", {}, "unknown_class", [":3:"]),
+        ("activity,temp_c,pressure_pa\n,1,2\n", {}, "bad_value", [":2:", "empty"]),
+        ("activity,temp_c,pressure_pa\nidle,1,hot\n", {}, "bad_value", [":2:", "'hot'"]),
+        ("activity,temp_c,pressure_pa\nidle,1,nan\n", {}, "not_finite", [":2:"]),
+        ("activity,temp_c,pressure_pa\n", {}, "no_rows", []),
+        ("activity,temp_c,pressure_pa\nidle,1\n", {}, "ragged", [":2:"]),
+        ("1,2,3\n1,2,3\n", {}, "no_header", ["name the columns"]),
+        ("activity,,pressure_pa\nidle,1,2\n", {}, "bad_header", ["[2]"]),
+        ("activity,temp_c,temp_c\nidle,1,2\n", {}, "bad_header", ["temp_c"]),
+        ("activity,temp_c,pressure_pa\nidle,1,2\n", {"label": "y"}, "wrong_label", ["'y'"]),
+        ("activity,temp_c,pressure_pa\nidle,1,2\n", {"task": "regression"}, "wrong_task", []),
+    ],
+)
+def test_data_that_does_not_fit_the_schema_is_one_clear_error(
+    tmp_path, text, kwargs, reason, fragments
+):
+    path = write(tmp_path, "dev.csv", text)
+    err = error(load_csv, path, schema=SENSOR, **kwargs)
+    assert err.reason == reason
+    assert str(path) in str(err)
+    for fragment in fragments:
+        assert fragment in str(err)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "kwargs", "reason"),
+    [
+        (np.ones((2, 1)), np.array([0, 1]), {}, "missing_feature"),
+        (np.ones((2, 3)), np.array([0, 1]), {}, "extra_feature"),
+        (np.ones((2, 2)), np.array([0, 2]), {}, "unknown_class"),
+        (np.ones((2, 2)), np.array([0, 1]), {"task": "regression"}, "wrong_task"),
+    ],
+)
+def test_an_npz_is_checked_against_the_schema_by_count(tmp_path, x, y, kwargs, reason):
+    save_npz(tmp_path / "d.npz", Dataset(x, y))
+    assert error(load_dataset, tmp_path / "d.npz", schema=SENSOR, **kwargs).reason == reason
+
+
+def test_an_npz_that_fits_the_schema_loads(tmp_path):
+    save_npz(tmp_path / "d.npz", Dataset(np.ones((2, 2)), np.array([1, 0])))
+    assert load_dataset(tmp_path / "d.npz", schema=SENSOR).y.tolist() == [1, 0]
+
+
+def test_read_table_keeps_text_and_lines(tmp_path):
+    table = read_table(write(tmp_path, "t.csv", "a,b\n\n1, x \n2,\n"))
+    assert table.header == ["a", "b"] and table.rows == [["1", "x"], ["2", ""]]
+    assert table.lines == [3, 4] and table.where(1).endswith("t.csv:4")
+
+
+def test_describe_reports_types_ranges_missing_and_classes(tmp_path):
+    table = read_table(write(tmp_path, "t.csv", "t,kind,n\n3.5,b,\n-1,a,2\n1e3,b,x\n"))
+    info = describe(table, "kind")
+    assert info["rows"] == 3
+    assert info["columns"] == [
+        {"name": "t", "type": "number", "min": -1.0, "max": 1000.0, "missing": 0},
+        {"name": "kind", "type": "text", "missing": 0},
+        {"name": "n", "type": "text", "missing": 1},
+    ]
+    assert info["task"] == "classification" and info["classes"] == {"a": 1, "b": 2}
+    assert describe(table, "t")["task"] == "regression"
+    assert error(describe, table, "zz").reason == "no_label"
+
+
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8).filter(
+    lambda s: s.isprintable() and s.strip() == s and not _is_number(s)
+)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    columns=st.lists(names, min_size=3, max_size=6, unique=True),
+    classes=st.lists(names, min_size=2, max_size=4, unique=True),
+    data=st.data(),
+)
+def test_random_tables_with_string_labels_round_trip_through_their_schema(columns, classes, data):
+    label, features = columns[0], columns[1:]
+    n = data.draw(st.integers(2, 12))
+    x = data.draw(hnp.arrays(np.float32, (n, len(features)), elements=finite_f32))
+    y = data.draw(st.lists(st.integers(0, len(classes) - 1), min_size=n, max_size=n))
+    y[:2] = [0, 1]  # at least two classes present
+    order = data.draw(st.permutations(columns))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.csv"
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(order)
+            for xrow, cls in zip(x.tolist(), y, strict=True):
+                cells = {label: classes[cls], **dict(zip(features, xrow, strict=True))}
+                writer.writerow([cells[c] if c == label else f"{cells[c]:.9g}" for c in order])
+        schema = Schema.from_csv(path, label)
+        assert set(schema.features) == set(features) and schema.label == label
+        ds = load_csv(path, schema=schema)
+    cols = [features.index(f) for f in schema.features]
+    np.testing.assert_array_equal(ds.x, x[:, cols])
+    assert [schema.classes[i] for i in ds.y] == [classes[i] for i in y]  # type: ignore[index]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    blob=st.one_of(
+        st.binary(max_size=300),
+        st.text(alphabet=st.sampled_from('ab,1.5-e"\n\r\x00 \t;nan'), max_size=300).map(str.encode),
+    )
+)
+def test_random_bytes_never_crash_the_schema_reader_or_loader(blob):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.csv"
+        path.write_bytes(blob)
+        for read in (
+            lambda: Schema.from_csv(path, "a"),
+            lambda: load_csv(path, schema=SENSOR),
+            lambda: load_csv(path, schema=Schema(("a",), "b", "regression")),
+            lambda: describe(read_table(path), "a"),
+            lambda: load_csv(path),
+        ):
+            with contextlib.suppress(DataError):
+                read()
+
+
+@pytest.mark.parametrize(
+    ("ds", "kwargs", "reason"),
+    [
+        (Dataset(np.ones((2, 3)), np.array([0, 1])), {}, "extra_feature"),
+        (Dataset(np.ones((2, 2)), np.array([0, 3])), {}, "unknown_class"),
+        (Dataset(np.ones((2, 2)), np.array([0.5, 1])), {}, "wrong_task"),
+        (Dataset(np.ones((2, 2)), np.ones((2, 2))), {"task": "regression"}, "wrong_outputs"),
+    ],
+)
+def test_check_fits_names_what_a_model_cannot_learn_from(ds, kwargs, reason):
+    args = {"features": 2, "task": "classification", "outputs": 3, "where": "eval.csv", **kwargs}
+    err = error(check_fits, ds, **args)
+    assert err.reason == reason and str(err).startswith("eval.csv: ")
+    ok = Dataset(np.ones((2, 2)), np.array([0, 2]))
+    assert check_fits(ok, features=2, task="classify", outputs=3, where="x") is ok

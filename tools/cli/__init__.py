@@ -12,7 +12,7 @@ import typer
 
 from fedmq._version import __version__
 from fedmq.errors import FedmqError
-from tools.cli import agent, aggregator, broker, certs, demo, simulate
+from tools.cli import agent, aggregator, broker, certs, data, demo, simulate
 
 app = typer.Typer(
     name="fedmq",
@@ -26,6 +26,7 @@ agent.register(app)
 aggregator.register(app)
 broker.register(app)
 certs.register(app)
+data.register(app)
 demo.register(app)
 simulate.register(app)
 
