@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tools.broker import LOOPBACK, accepting, free_port
+from tools.broker import LOOPBACK, accepting
+from tools.broker.base import free_port
 
 
 class Prometheus:

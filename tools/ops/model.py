@@ -25,7 +25,7 @@ def summary(model: GlobalModel, status: AggregatorStatus | None) -> dict[str, An
         "run": getattr(model, "run", None),
         "version": model.version,
         "arch": arch,
-        "params": model.arch.num_params(),
+        "params": sum(w.size for w in model.weights.values()),
         "digest": getattr(model, "digest", None) or getattr(model, "sha256", None),
         "created_at": model.created_at,
         "preprocess": plain(getattr(model, "preprocess", None)),

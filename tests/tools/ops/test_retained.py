@@ -12,7 +12,8 @@ from fedmq.config import BrokerConfig
 from fedmq.errors import BrokerError
 from fedmq.topics import Topics
 from fedmq.wire import AggregatorStatus, DeviceLedger, DeviceStatus
-from tools.broker import LOOPBACK, LocalBroker, free_port
+from tools.broker import LOOPBACK, LocalBroker
+from tools.broker.base import free_port
 from tools.ops.fleet import FleetSnapshot, filters, select
 from tools.ops.jsonify import payload_json
 from tools.ops.retained import read_retained
