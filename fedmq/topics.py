@@ -88,8 +88,16 @@ class Topics:
     def aggregator_status(self) -> str:
         return f"{self.prefix}/aggregator/status"
 
+    @property
+    def device_status_filter(self) -> str:
+        return f"{self.prefix}/devices/+/status"
+
     def aggregator_device(self, device: str) -> str:
         return f"{self.prefix}/aggregator/devices/{validate_device_id(device)}"
+
+    @property
+    def aggregator_devices_filter(self) -> str:
+        return f"{self.prefix}/aggregator/devices/+"
 
     def stats(self, device: str) -> str:
         return f"{self.prefix}/stats/{validate_device_id(device)}"
