@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from aggregator.strategies.state import StateReader
 
 
+# FedBuff's and FedAvg's server learning rate η_g: at most this (1.0 is plain averaging).
+MAX_SERVER_LR = 100.0
+
+
 @dataclass(frozen=True)
 class Contribution:
     """What a strategy sees of one device update: a float32 delta against ``base_version``."""

@@ -73,9 +73,5 @@ class ClaimCap:
     @classmethod
     def from_state(cls, s: StateReader) -> ClaimCap:
         cap = cls(**s.params("params"))
-        for e in s.items("claims", cap.window):
-            device = e.text("device")
-            if device in cap._claims:
-                raise s.bad("claims", f"names {device!r} twice")
-            cap._claims[device] = e.integer("samples", lo=1)
+        cap._claims.update(s.per_device("claims", cap.window, lambda e: e.integer("samples", 1)))
         return cap

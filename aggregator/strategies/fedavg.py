@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
-from aggregator.strategies.base import Contribution, Strategy
+from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 
 if TYPE_CHECKING:
@@ -36,8 +36,11 @@ class FedAvg(Strategy):
         super().__init__(weights, version)
         if clients_per_round < 1:
             raise ConfigError("bad_param", "clients_per_round must be >= 1")
-        if not server_lr > 0:
-            raise ConfigError("bad_param", f"server_lr must be > 0, got {server_lr}")
+        # A server step beyond 100x the mean delta is a typo or a damaged checkpoint.
+        if not 0 < server_lr <= MAX_SERVER_LR:
+            raise ConfigError(
+                "bad_param", f"server_lr must be in (0, {MAX_SERVER_LR:g}], got {server_lr}"
+            )
         self.clients_per_round = int(clients_per_round)
         self.server_lr = float(server_lr)
         self._round: dict[str, tuple[int, Mapping[str, np.ndarray]]] = {}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
-from aggregator.strategies.base import Contribution, Strategy
+from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy
 from fedmq.errors import ConfigError, UpdateRejected
 
 if TYPE_CHECKING:
@@ -35,8 +35,11 @@ class FedBuff(Strategy):
         super().__init__(weights, version)
         if k < 1:
             raise ConfigError("bad_param", f"FedBuff buffer size k must be >= 1, got {k}")
-        if not server_lr > 0:
-            raise ConfigError("bad_param", f"FedBuff server_lr must be > 0, got {server_lr}")
+        # A server step beyond 100x the mean delta is a typo or a damaged checkpoint.
+        if not 0 < server_lr <= MAX_SERVER_LR:
+            raise ConfigError(
+                "bad_param", f"FedBuff server_lr must be in (0, {MAX_SERVER_LR:g}], got {server_lr}"
+            )
         if max_staleness < 0:
             raise ConfigError("bad_param", "max_staleness must be >= 0")
         self.k = int(k)

@@ -175,11 +175,7 @@ class NormBound:
     @classmethod
     def from_state(cls, s: StateReader) -> NormBound:
         nb = cls(**s.params("params"))
-        for e in s.items("norms", nb.window):
-            device = e.text("device")
-            if device in nb._norms:
-                raise s.bad("norms", f"names {device!r} twice")
-            nb._norms[device] = e.number("norm")
+        nb._norms.update(s.per_device("norms", nb.window, lambda e: e.number("norm")))
         nb._anonymous = s.integer("anonymous")
         return nb
 

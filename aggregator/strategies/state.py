@@ -15,7 +15,7 @@ never code execution.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
@@ -166,6 +166,18 @@ class StateReader:
         if not isinstance(value, list) or len(value) > max_len:
             raise self.bad(key, f"must be a list of at most {max_len} entries")
         return [StateReader(v, f"{self.where}.{key}[{i}]") for i, v in enumerate(value)]
+
+    def per_device(
+        self, key: str, max_len: int, value: Callable[[StateReader], Any]
+    ) -> dict[str, Any]:
+        """``[{"device": ..., ...}]`` as device -> ``value(entry)``, each device once."""
+        out: dict[str, Any] = {}
+        for e in self.items(key, max_len):
+            device = e.text("device")
+            if device in out:
+                raise self.bad(key, f"names {device!r} twice")
+            out[device] = value(e)
+        return out
 
     def maybe(self, key: str) -> StateReader | None:
         value = self._get(key)
