@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from typing import Any
 
@@ -97,7 +98,8 @@ def ls_command(
         return
     from rich.console import Console
 
-    Console().print(table(rows, snap))
+    # Piped or captured, the table keeps every column rather than wrapping at 80.
+    Console(width=None if sys.stdout.isatty() else 200).print(table(rows, snap))
 
 
 @fleet_app.command("show")

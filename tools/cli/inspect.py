@@ -30,7 +30,7 @@ async def _print(broker: BrokerConfig, topic: str, count: int | None, timeout: f
 
 @with_settings(BrokerSettings)
 def inspect_command(
-    topic: str = typer.Argument(..., help="A topic or filter, e.g. fl/default/status/+."),
+    topic: str = typer.Argument(..., help="A topic or filter, e.g. fl/default/devices/+/status."),
     count: int = typer.Option(None, "--count", help="Stop after this many messages."),
     json_: bool = typer.Option(
         True, "--json", help="One JSON object a line (the only output form)."
@@ -43,7 +43,7 @@ def inspect_command(
 
     Tensors are summarised as dtype, shape and norm. Retained messages come first.
 
-    Example: `fedmq inspect 'fl/default/status/+' --broker mqtt://127.0.0.1:1883 --count 5`
+    Example: `fedmq inspect 'fl/default/devices/+/status' --broker mqtt://127.0.0.1:1883 --count 5`
     """
     if count is not None and count < 1:
         raise ConfigError("bad_flag", f"--count must be >= 1, got {count}")

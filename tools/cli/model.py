@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ def show_command(
     for key, value in doc.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif key == "created_at":
+            value = datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
         typer.echo(f"{key:>11}: {'-' if value is None else value}")
 
 
