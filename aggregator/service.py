@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,11 +33,12 @@ from aggregator.strategies import Strategy
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.data import Dataset
+from fedmq.errors import TopicError, WireError
 from fedmq.identity import client_id
 from fedmq.model import Arch
-from fedmq.topics import Topics
+from fedmq.topics import Topics, parse
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, GlobalModel, new_run
+from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 T = TypeVar("T")
@@ -75,6 +77,7 @@ class Aggregator:
         self._deadline = Deadline(cfg.round_deadline, time.monotonic())
         self.metrics = None if cfg.metrics_port is None else Metrics()
         self._bytes_reported = 0
+        self._states: dict[str, str] = {}  # device -> state, from retained statuses
 
     def _open_intake(self, strategy: Strategy, arch: Arch) -> Intake:
         ledger = None
@@ -182,6 +185,8 @@ class Aggregator:
             # Subscribe first: devices answer the model at once, and an update published
             # before this subscription exists would be lost.
             await client.subscribe(self.topics.updates_filter, qos=1)
+            if self.metrics is not None:  # fedmq_devices{state}; QoS 0: nothing to ack
+                await client.subscribe(self.topics.device_status_filter, qos=0)
             # The ONNX export waits until after "serving": devices need only the model
             # to get going, and a restart recovers faster.
             model = await self._publish_model(client, export=False)
@@ -212,11 +217,30 @@ class Aggregator:
     async def _receive(self, client: aiomqtt.Client, persistent: bool) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
+            if self._device_state(str(message.topic), payload):
+                continue
             outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
             self._outcome(outcome)
             self._observe(outcome, seconds, len(payload))
             if persistent and message.qos > 0:
                 client._client.ack(message.mid, message.qos)
+
+    def _device_state(self, topic: str, payload: bytes) -> bool:
+        """Count a device status for the metrics; False for anything else (an update)."""
+        if self.metrics is None:
+            return False
+        try:
+            where = parse(topic)
+        except TopicError:
+            return False
+        if where.kind != "device_status" or where.device is None:
+            return False
+        try:
+            self._states[where.device] = DeviceStatus.decode(payload).state
+        except WireError:  # a cleared or damaged status: the device is not counted
+            self._states.pop(where.device, None)
+        self.metrics.device_states(Counter(self._states.values()))
+        return True
 
     def _timed(self, topic: str, payload: bytes) -> tuple[Outcome, float]:
         start = time.perf_counter()

@@ -34,6 +34,8 @@ def test_prometheus_scrapes_a_running_aggregator(
         assert prom.wait_for('fedmq_bytes_total{direction="out"} > 0')
         assert prom.wait_for("fedmq_intake_seconds_count >= 3")
         assert prom.wait_for("fedmq_staleness_count >= 3")
+        devices = prom.wait_for("sum(fedmq_devices) == 2")
+        assert devices, prom.query("fedmq_devices")
     except BaseException:
         print(daemons.logs())
         raise
