@@ -12,8 +12,12 @@ import typer
 
 from fedmq.config import BrokerSettings
 from fedmq.data import Dataset, load_csv
-from fedmq.data.table import read_table
+
+# The same header detection and number parsing as load_csv.
+from fedmq.data.csv_files import _features, _split_header
+from fedmq.data.table import make_table, read_rows, read_table
 from fedmq.errors import ConfigError, DataError, ModelError
+from fedmq.schema import Schema
 from fedmq.wire import GlobalModel
 from tools.cli.ops_common import FLEET, JSON, TIMEOUT, broker_config, print_json, snapshot, topics
 from tools.cli.options import PASSWORD, with_settings
@@ -84,18 +88,30 @@ def export_command(
     typer.echo(f"wrote v{model.version} as {format} to {out}")
 
 
-def read_rows(path: Path, model: GlobalModel) -> tuple[np.ndarray, Dataset | None]:
-    """Raw feature rows, and the labelled data when the file has one more column (the label)."""
+def load_rows(
+    path: Path, model: GlobalModel, schema: Schema | None = None
+) -> tuple[np.ndarray, Dataset | None]:
+    """Raw feature rows, and the labelled data when the file has one more column (the label).
+
+    With the fleet's schema, columns are taken by name and a text label is its class.
+    """
     task = "classification" if model.arch.is_classifier else "regression"
-    width = read_table(path).width
+    if schema is not None:
+        table = read_table(path)  # a schema names columns: the file needs a header
+        if table.header is not None and schema.label in table.header:
+            data = load_csv(path, schema=schema)
+            return data.x, data
+        missing = [f for f in schema.features if f not in (table.header or ())]
+        if missing:
+            raise DataError("missing_feature", f"{path}: feature column(s) {missing} missing")
+        return _features(table, [table.header.index(f) for f in schema.features]), None
+    table = make_table(path, *_split_header(read_rows(path), path))
+    width = table.width
     n = model.arch.n_inputs
     if width == n + 1:
         data = load_csv(path, task=task)
         return data.x, data
     if width == n:
-        from fedmq.data.csv_files import _features  # the same number parsing as load_csv
-
-        table = read_table(path)
         return _features(table, list(range(width))), None
     raise DataError("bad_features", f"{path}: {width} columns; the model takes {n} features")
 
@@ -104,6 +120,9 @@ def read_rows(path: Path, model: GlobalModel) -> tuple[np.ndarray, Dataset | Non
 @with_settings(BrokerSettings)
 def predict_command(
     input: Path = typer.Option(..., "--input", help="CSV of raw rows (label last, optional)."),
+    schema_file: Path = typer.Option(
+        None, "--schema", help="The fleet's schema.json: columns by name, class names."
+    ),
     fleet: str = FLEET,
     json: bool = JSON,
     timeout: float = TIMEOUT,
@@ -120,9 +139,10 @@ def predict_command(
     if not onnx_bytes:
         raise ModelError("no_onnx", f"the broker retains no ONNX model for fleet {fleet!r}")
     found = ops.onnx_version(onnx_bytes)
-    x, data = read_rows(input, model)
+    schema = None if schema_file is None else Schema.load(schema_file)
+    x, data = load_rows(input, model, schema)
     outputs = ops.predict(onnx_bytes, x)
-    names = getattr(model.arch, "class_names", None)
+    names = schema.classes if schema is not None else None
     if model.arch.is_classifier:
         idx = np.argmax(outputs, axis=1)
         preds: list[Any] = [names[i] if names else int(i) for i in idx]

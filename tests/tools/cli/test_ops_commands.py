@@ -15,9 +15,14 @@ import pytest
 
 from fedmq.config import BrokerConfig
 from fedmq.data import load_npz, save_csv
+from fedmq.errors import DataError
+from fedmq.model import init_weights
+from fedmq.schema import Schema
 from fedmq.topics import Topics
-from fedmq.wire import AggregatorStatus, DeviceStatus
+from fedmq.training import Hyper
+from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 from tools.broker.base import free_port
+from tools.cli.model import load_rows
 
 
 async def first(url: str, topic: str, ok: Callable[[bytes], bool], timeout: float) -> bytes:
@@ -184,3 +189,32 @@ def test_model_history_without_history_is_one_line(tmp_path: Path, daemons):
     proc = fedmq("model", "history", "--out-dir", str(tmp_path))
     assert proc.returncode != 0 and proc.stderr.count("\n") == 1
     assert "no history.jsonl" in proc.stderr
+
+
+def _model(arch: str) -> GlobalModel:
+    from aggregator.main import parse_arch
+
+    a = parse_arch(arch)
+    return GlobalModel.build(0, a, init_weights(a, 0), Hyper(), run=new_run(), created_at=1.0)
+
+
+def test_predict_reads_columns_by_the_schemas_names(tmp_path: Path):
+    schema = Schema(("a", "b"), "label", "classification", ("no", "yes"))
+    (tmp_path / "l.csv").write_text("b,label,a\n1,yes,2\n3,no,4\n")
+    (tmp_path / "u.csv").write_text("b,a\n1,2\n3,4\n")
+    x, data = load_rows(tmp_path / "l.csv", _model("mlp:2,4,2"), schema)
+    assert x.tolist() == [[2, 1], [4, 3]] and data is not None and data.y.tolist() == [1, 0]
+    x, data = load_rows(tmp_path / "u.csv", _model("mlp:2,4,2"), schema)
+    assert x.tolist() == [[2, 1], [4, 3]] and data is None
+
+
+def test_predict_without_a_schema_takes_the_label_as_the_extra_column(tmp_path: Path):
+    (tmp_path / "l.csv").write_text("1,2,1\n3,4,0\n")
+    (tmp_path / "u.csv").write_text("1,2\n3,4\n")
+    (tmp_path / "w.csv").write_text("1,2,3,4\n")
+    _, data = load_rows(tmp_path / "l.csv", _model("mlp:2,4,2"))
+    assert data is not None and data.y.tolist() == [1, 0]
+    x, data = load_rows(tmp_path / "u.csv", _model("mlp:2,4,2"))
+    assert x.shape == (2, 2) and data is None
+    with pytest.raises(DataError, match="takes 2 features"):
+        load_rows(tmp_path / "w.csv", _model("mlp:2,4,2"))
