@@ -161,6 +161,8 @@ FEDMQ = [sys.executable, "-c", "from tools.entry import main; main()"]
 class Daemons:
     """``fedmq aggregator`` / ``fedmq agent`` processes, logging to files; all reaped."""
 
+    argv = FEDMQ
+
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen] = {}

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -218,3 +221,59 @@ def test_predict_without_a_schema_takes_the_label_as_the_extra_column(tmp_path: 
     assert x.shape == (2, 2) and data is None
     with pytest.raises(DataError, match="takes 2 features"):
         load_rows(tmp_path / "w.csv", _model("mlp:2,4,2"))
+
+
+def _status(device: str) -> bytes:
+    return DeviceStatus(
+        device=device, state="idle", agent_version="0.1.0", model_version=0, samples=10,
+        last_seq=0, last_loss=0.5, cpu=0.1, rss=1, at=time.time(),
+    ).encode()  # fmt: skip
+
+
+class Terminal:
+    """A command on a pseudo-terminal, as ``fleet watch`` runs for a person."""
+
+    def __init__(self, argv: list[str]) -> None:
+        import pty
+
+        self.fd, slave = pty.openpty()
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        self.seen = b""
+
+    def wait_for(self, needle: bytes, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"{needle!r} never shown: {self.seen[-2000:]!r}")
+            try:
+                self.seen += os.read(self.fd, 65536)
+            except OSError as exc:  # EIO: the process closed the terminal
+                raise AssertionError(f"{needle!r} never shown: {self.seen[-2000:]!r}") from exc
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        os.close(self.fd)
+
+
+@pytest.mark.broker
+async def test_fleet_watch_redraws_on_every_message_until_ctrl_c(mosquitto, fleet, daemons):
+    t = Topics(fleet)
+    async with aiomqtt.Client(**BrokerConfig.from_url(mosquitto.url).client_kwargs()) as c:
+        await c.publish(t.device_status("w1"), _status("w1"), qos=1, retain=True)
+        term = Terminal(
+            [*daemons.argv, "fleet", "watch", "--broker", mosquitto.url, "--fleet", fleet]
+        )
+        try:
+            await asyncio.to_thread(term.wait_for, b"1 devices", 30)
+            await c.publish(t.device_status("w2"), _status("w2"), qos=1, retain=True)
+            await asyncio.to_thread(term.wait_for, b"2 devices", 30)
+            term.proc.send_signal(signal.SIGINT)
+            assert await asyncio.to_thread(term.proc.wait, 15) == 0
+        finally:
+            term.close()
+    assert b"Traceback" not in term.seen
