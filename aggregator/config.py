@@ -49,6 +49,7 @@ class AggregatorConfig:
         None, help="MQTT client id (none: fedmq-aggregator-FLEET, one session per fleet)."
     )
     keepalive: int = keepalive_setting()
+    metrics_port: int | None = setting(None, help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
     # Crash safety: the SQLite ledger (out_dir/ledger.sqlite) plus a persistent MQTT
     # session whose updates are acknowledged only after their effect is committed.
     ledger: bool = setting(True, help="Keep the crash-safe ledger in out_dir/ledger.sqlite.")
@@ -62,6 +63,10 @@ class AggregatorConfig:
         for name in (*positive, "checkpoint_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError("bad_setting", f"{name} must be > 0, got {getattr(self, name)}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(
+                "bad_setting", f"metrics_port must be 0..65535, got {self.metrics_port}"
+            )
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
 

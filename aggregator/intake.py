@@ -34,6 +34,7 @@ class Outcome:
     version: int  # the global version after it
     device: str | None = None
     reason: str | None = None  # why it was rejected; None when it was not
+    staleness: int | None = None  # of an applied update
     message: str = ""
 
     @property
@@ -124,7 +125,9 @@ class Intake:
                 payload=payload,
             )
         self.counters.accept(update.device, update.seq, staleness, update.num_samples)
-        return Outcome(True, produced, self.strategy.version, device=update.device)
+        return Outcome(
+            True, produced, self.strategy.version, device=update.device, staleness=staleness
+        )
 
     def _reject(self, exc: UpdateRejected, seq: int | None) -> Outcome:
         self.counters.reject(exc.reason, exc.message, exc.device)

@@ -112,6 +112,7 @@ class Publisher:
         self.history = History(out_dir / "history.jsonl")
         self.last_eval: Evaluation | None = None
         self.published_version = -1
+        self.bytes_out = 0  # payload bytes published (models and ONNX exports)
         self._exporter: ProcessPoolExecutor | None = None
         self._exporter_lock = threading.Lock()
 
@@ -120,7 +121,9 @@ class Publisher:
     ) -> GlobalModel:
         """Publish ``snap``'s model retained; evaluate and log a version not seen before."""
         model = await asyncio.to_thread(self._build, snap.version, snap.weights)
-        await client.publish(self.topics.model_global, model.encode(), qos=1, retain=True)
+        payload = model.encode()
+        await client.publish(self.topics.model_global, payload, qos=1, retain=True)
+        self.bytes_out += len(payload)
         if export:
             await self.publish_onnx(client, model)
         if snap.version != self.published_version:
@@ -141,6 +144,7 @@ class Publisher:
         data = await asyncio.wrap_future(job)
         await asyncio.to_thread(self._write_onnx, data)
         await client.publish(self.topics.model_onnx, data, qos=1, retain=True)
+        self.bytes_out += len(data)
 
     def _export_job(self, model: GlobalModel) -> Future[bytes]:
         with self._exporter_lock:  # two exports can start together: one process

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,16 +27,18 @@ from aggregator.counters import Counters
 from aggregator.deadline import Deadline
 from aggregator.intake import Intake, Outcome, Snapshot
 from aggregator.ledger import Ledger
+from aggregator.metrics import Metrics
 from aggregator.publisher import Evaluation, Publisher, make_out_dir
 from aggregator.strategies import Strategy
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.data import Dataset
+from fedmq.errors import TopicError, WireError
 from fedmq.identity import client_id
 from fedmq.model import Arch
-from fedmq.topics import Topics
+from fedmq.topics import Topics, parse
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, GlobalModel, new_run
+from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 T = TypeVar("T")
@@ -72,6 +75,9 @@ class Aggregator:
         self.version_published = asyncio.Condition()
         self._dirty = asyncio.Event()
         self._deadline = Deadline(cfg.round_deadline, time.monotonic())
+        self.metrics = None if cfg.metrics_port is None else Metrics()
+        self._bytes_reported = 0
+        self._states: dict[str, str] = {}  # device -> state, from retained statuses
 
     def _open_intake(self, strategy: Strategy, arch: Arch) -> Intake:
         ledger = None
@@ -132,9 +138,14 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, reconnecting with jittered backoff."""
+        if self.metrics is not None:
+            self.metrics.serve(self.cfg.metrics_port or 0)
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics.port)
         try:
             await self._serve(stop)
         finally:
+            if self.metrics is not None:
+                self.metrics.close()
             self.publisher.close()
             await self._on_worker(self.intake.close)
 
@@ -174,6 +185,8 @@ class Aggregator:
             # Subscribe first: devices answer the model at once, and an update published
             # before this subscription exists would be lost.
             await client.subscribe(self.topics.updates_filter, qos=1)
+            if self.metrics is not None:  # fedmq_devices{state}; QoS 0: nothing to ack
+                await client.subscribe(self.topics.device_status_filter, qos=0)
             # The ONNX export waits until after "serving": devices need only the model
             # to get going, and a restart recovers faster.
             model = await self._publish_model(client, export=False)
@@ -204,10 +217,43 @@ class Aggregator:
     async def _receive(self, client: aiomqtt.Client, persistent: bool) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            outcome = await self._on_worker(self.intake.handle, str(message.topic), payload)
+            if self._device_state(str(message.topic), payload):
+                continue
+            outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
             self._outcome(outcome)
+            self._observe(outcome, seconds, len(payload))
             if persistent and message.qos > 0:
                 client._client.ack(message.mid, message.qos)
+
+    def _device_state(self, topic: str, payload: bytes) -> bool:
+        """Count a device status for the metrics; False for anything else (an update)."""
+        if self.metrics is None:
+            return False
+        try:
+            where = parse(topic)
+        except TopicError:
+            return False
+        if where.kind != "device_status" or where.device is None:
+            return False
+        try:
+            self._states[where.device] = DeviceStatus.decode(payload).state
+        except WireError:  # a cleared or damaged status: the device is not counted
+            self._states.pop(where.device, None)
+        self.metrics.device_states(Counter(self._states.values()))
+        return True
+
+    def _timed(self, topic: str, payload: bytes) -> tuple[Outcome, float]:
+        start = time.perf_counter()
+        outcome = self.intake.handle(topic, payload)
+        return outcome, time.perf_counter() - start
+
+    def _observe(self, outcome: Outcome, seconds: float, nbytes: int) -> None:
+        if self.metrics is None:
+            return
+        if outcome.reason is not None:
+            self.metrics.rejected(outcome.reason, seconds, nbytes)
+        elif outcome.applied:
+            self.metrics.accepted(outcome.staleness or 0, seconds, nbytes)
 
     def _outcome(self, outcome: Outcome) -> None:
         if outcome.new_version:
@@ -240,6 +286,12 @@ class Aggregator:
         self._dirty.clear()
         snap = await self._on_worker(self.intake.snapshot)
         model = await self.publisher.publish_model(client, snap, export=export)
+        if self.metrics is not None:
+            sent = self.publisher.bytes_out
+            self.metrics.published(model.version, sent - self._bytes_reported)
+            self._bytes_reported = sent
+            ev = self.last_eval
+            self.metrics.evaluated(None if ev is None else ev.accuracy)
         async with self.version_published:
             self.version_published.notify_all()
         return model

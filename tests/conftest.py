@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import pytest
@@ -149,3 +152,68 @@ def sample_value() -> Callable[[Any], Any]:
         return s.type(f"sample-{s.name}")
 
     return sample
+
+
+# How a user runs fedmq: the console script's entry point, in a process of its own.
+FEDMQ = [sys.executable, "-c", "from tools.entry import main; main()"]
+
+
+class Daemons:
+    """``fedmq aggregator`` / ``fedmq agent`` processes, logging to files; all reaped."""
+
+    argv = FEDMQ
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        with (self.workdir / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen([*FEDMQ, *args], stdout=subprocess.DEVNULL, stderr=log)
+        self.procs[name] = proc
+        return proc
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """A one-shot ``fedmq`` command, its output captured as text."""
+        return subprocess.run([*FEDMQ, *args], capture_output=True, text=True, timeout=timeout)
+
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text(errors="replace")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.procs)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()  # works on a SIGSTOPped process too
+            proc.wait()
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    d = Daemons(tmp_path)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def digits_files(tmp_path: Path) -> Callable[[int], tuple[list[Path], Path]]:
+    """``digits_files(n)``: n IID shards of the digits task (.npz) and its test set."""
+
+    def make(n: int) -> tuple[list[Path], Path]:
+        import numpy as np
+
+        from fedmq.data import Dataset, save_npz
+        from tools.sim.partition import partition
+        from tools.sim.tasks import load_task
+
+        task = load_task("digits")
+        paths = []
+        for i, idx in enumerate(partition("iid", task.train.y, n, np.random.default_rng(0))):
+            paths.append(tmp_path / f"dev{i}.npz")
+            save_npz(paths[-1], Dataset(task.train.x[idx], task.train.y[idx]))
+        save_npz(tmp_path / "eval.npz", task.test)
+        return paths, tmp_path / "eval.npz"
+
+    return make

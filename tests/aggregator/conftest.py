@@ -49,12 +49,22 @@ class Prometheus:
                 stderr=log,
             )
         deadline = time.monotonic() + 30
-        while not accepting(self.port):
+        while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 err = self.log.read_text(errors="replace")
                 self.close()
                 pytest.fail(f"prometheus did not start: {err[-2000:]}")
             time.sleep(0.05)
+
+    def _ready(self) -> bool:
+        """Listening is not enough: the API answers 503 until the storage is open."""
+        if not accepting(self.port):
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{self.port}/-/ready", timeout=2):
+                return True
+        except OSError:  # urllib's HTTPError and URLError are OSErrors
+            return False
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = f"http://{LOOPBACK}:{self.port}/api/v1/query?" + urllib.parse.urlencode(

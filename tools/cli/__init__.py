@@ -12,7 +12,7 @@ import typer
 
 from fedmq._version import __version__
 from fedmq.errors import FedmqError
-from tools.cli import agent, aggregator, broker, certs, data, demo, simulate
+from tools.cli import agent, aggregator, broker, certs, data, demo, fleet, inspect, model, simulate
 
 app = typer.Typer(
     name="fedmq",
@@ -28,6 +28,9 @@ broker.register(app)
 certs.register(app)
 data.register(app)
 demo.register(app)
+fleet.register(app)
+inspect.register(app)
+model.register(app)
 simulate.register(app)
 
 

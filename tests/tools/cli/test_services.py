@@ -14,30 +14,16 @@ import sys
 from pathlib import Path
 
 import aiomqtt
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from edge_agent.config import SCHEMA as AGENT
 from fedmq.config import BrokerConfig
-from fedmq.data import Dataset, save_npz
 from fedmq.topics import Topics
 from fedmq.wire import AggregatorStatus
 from tools.cli import app
-from tools.sim.partition import partition
-from tools.sim.tasks import load_task
 
 FEDMQ = [sys.executable, "-c", "from tools.entry import main; main()"]
-
-
-def _shards(tmp_path: Path, n: int) -> tuple[list[Path], Path]:
-    task = load_task("digits")
-    paths = []
-    for i, idx in enumerate(partition("iid", task.train.y, n, np.random.default_rng(0))):
-        paths.append(tmp_path / f"dev{i}.npz")
-        save_npz(paths[-1], Dataset(task.train.x[idx], task.train.y[idx]))
-    save_npz(tmp_path / "eval.npz", task.test)
-    return paths, tmp_path / "eval.npz"
 
 
 async def _accuracy_reaches(url: str, fleet: str, goal: float, timeout: float) -> AggregatorStatus:
@@ -54,8 +40,10 @@ async def _accuracy_reaches(url: str, fleet: str, goal: float, timeout: float) -
 
 
 @pytest.mark.broker
-async def test_daemon_and_agents_as_processes_learn_and_stop_cleanly(mosquitto, fleet, tmp_path):
-    shards, evalset = _shards(tmp_path, 4)
+async def test_daemon_and_agents_as_processes_learn_and_stop_cleanly(
+    mosquitto, fleet, tmp_path, digits_files
+):
+    shards, evalset = digits_files(4)
     logs = [(tmp_path / f"{name}.log").open("wb") for name in ("agg", "a0", "a1", "a2", "a3")]
     common = ["--broker", mosquitto.url, "--fleet", fleet]
     agg = subprocess.Popen(
