@@ -102,7 +102,7 @@ class FleetSnapshot:
             "last_seen": max(seen) if seen else None,
             "model_version": held,
             "staleness": None if held is None or current is None else max(0, current - held),
-            "updates_sent": None if status is None else status.last_seq + 1,
+            "updates_sent": _sent(status, ledger),
             "accepted": 0 if ledger is None else ledger.accepted,
             "rejected": {} if ledger is None else dict(ledger.rejected),
             "samples": None if status is None else status.samples,
@@ -117,6 +117,12 @@ class FleetSnapshot:
         for row in self.rows():
             counts[row["state"]] = counts.get(row["state"], 0) + 1
         return counts
+
+
+def _sent(status: DeviceStatus | None, ledger: DeviceLedger | None) -> int | None:
+    """Updates sent: seqs start at 0. A last will knows no seq, the aggregator's ledger does."""
+    seqs = [s for s in (status and status.last_seq, ledger and ledger.last_seq) if s is not None]
+    return max(seqs) + 1 if seqs else None
 
 
 def select(

@@ -113,6 +113,7 @@ def test_fleet_rows_merge_status_ledger_and_version(broker: LocalBroker, fleet: 
     assert rows["a"]["updates_sent"] == 10 and rows["a"]["last_seen"] == NOW + 1
     assert rows["b"]["state"] == "offline" and rows["b"]["staleness"] == 6
     assert rows["gone"]["state"] == "offline" and rows["gone"]["model_version"] is None
+    assert rows["gone"]["updates_sent"] == 10  # no status: the aggregator's ledger knows seq 9
     assert topics.device_status("junk") in snap.problems
     assert [r["device"] for r in select(snap.rows(), stale_over=5)] == ["b"]
     assert [r["device"] for r in select(snap.rows(), sort="staleness")] == ["a", "b", "gone"]
