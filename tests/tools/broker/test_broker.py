@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 import pytest
+from rawmqtt import connect_packet
 
 from fedmq.aio import TaskGroup
 from fedmq.errors import BrokerError, ConfigError
@@ -58,19 +59,6 @@ async def next_message(c: aiomqtt.Client, within: float | None = None) -> aiomqt
     return await asyncio.wait_for(anext(c.messages), within)
 
 
-def _mqtt_string(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 async def raw_connect(
     port: int, client_id: str, will_topic: str, will: bytes, keepalive: int = 60
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -81,17 +69,9 @@ async def raw_connect(
     the event loop watching a closed descriptor ("Invalid file descriptor: -1") and
     aiomqtt holding an exception nobody retrieves.
     """
-    flags = 0x02 | 0x04 | (1 << 3) | 0x20  # clean session, will, will QoS 1, will retain
-    body = (
-        _mqtt_string(b"MQTT")
-        + bytes([4, flags])
-        + struct.pack("!H", keepalive)
-        + _mqtt_string(client_id.encode())
-        + _mqtt_string(will_topic.encode())
-        + _mqtt_string(will)
-    )
+    packet = connect_packet(client_id, keepalive=keepalive, will=(will_topic, will, 1, True))
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    writer.write(b"\x10" + _remaining_length(len(body)) + body)
+    writer.write(packet)
     assert await reader.readexactly(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
     return reader, writer
 
