@@ -203,3 +203,21 @@ def test_a_refused_seq_is_in_the_device_ledger_so_a_restarted_agent_resyncs_past
     store = SeqStore(tmp_path / "lost")  # the agent lost its state file
     store.resync(ledger.last_seq)
     assert _send(intake, "a", store.reserve()).applied
+
+
+def test_a_restarted_intake_judges_the_next_candidate_as_before(tmp_path):
+    data = _evalset(600)
+
+    def opened() -> Intake:
+        gate = ModelGate(evaluate=eval_loss(ARCH, data))
+        return _intake("fedasync", Ledger(tmp_path / "ledger.sqlite", checkpoint_every=2), gate)
+
+    live = opened()
+    for seq in range(3):
+        _send(live, "a", seq)
+    good = live.gate.last_good_loss
+    live.close()
+    again = opened()
+    assert again.gate.last_good_loss == good  # the loss of the model it resumed with
+    assert again.strategy.gate is again.gate
+    again.close()
