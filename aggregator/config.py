@@ -8,6 +8,7 @@ from ``StrategyConfig``, so a default lives in one place.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,17 @@ class AggregatorConfig:
     durable: bool = setting(
         False, help="fsync every ledger commit (survive power loss, not just kill -9)."
     )
+    # The gate on every candidate model (aggregator.strategies.gate), always on: it
+    # refuses only models that have diverged, never an honest step.
+    gate_max_weight: float = setting(
+        1e6, help="Refuse a candidate model with any |weight| above this."
+    )
+    gate_loss_factor: float = setting(
+        2.0, help="With --eval: refuse a candidate whose loss exceeds this × the last good one."
+    )
+    gate_loss_margin: float = setting(
+        1.0, help="With --eval: the gate's loss bound is factor × last good loss + this."
+    )
 
     def __post_init__(self) -> None:
         positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
@@ -67,6 +79,14 @@ class AggregatorConfig:
             raise ConfigError(
                 "bad_setting", f"metrics_port must be 0..65535, got {self.metrics_port}"
             )
+        gate = (
+            ("gate_max_weight", self.gate_max_weight > 0, "> 0"),
+            ("gate_loss_factor", self.gate_loss_factor >= 1, ">= 1"),
+            ("gate_loss_margin", self.gate_loss_margin >= 0, ">= 0"),
+        )
+        for name, ok, rule in gate:
+            if not (ok and math.isfinite(getattr(self, name))):
+                raise ConfigError("bad_setting", f"{name} must be finite and {rule}")
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
 

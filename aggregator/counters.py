@@ -50,10 +50,20 @@ class Counters:
         d.last_staleness = staleness
         d.samples += samples
 
-    def reject(self, reason: str, message: str, device: str | None = None) -> None:
+    def reject(
+        self, reason: str, message: str, device: str | None = None, seq: int | None = None
+    ) -> None:
+        """Count a refusal; ``seq`` when the update passed dedupe and its seq is now spent.
+
+        A device ledger's ``last_seq`` is what a restarted agent resyncs to, so it must
+        cover refused seqs too: the validator refuses any seq at or below them.
+        """
         self.rejected[reason] += 1
         if device is not None:
-            self._device(device).rejected[reason] += 1
+            d = self._device(device)
+            d.rejected[reason] += 1
+            if seq is not None:
+                d.last_seq = max(d.last_seq, seq)
         now = time.monotonic()
         if now - self._last_logged.get(reason, -float("inf")) >= self.log_every:
             more = self._suppressed.pop(reason, 0)

@@ -3,8 +3,13 @@
 Synchronous and single-threaded by design: the daemon runs it on one worker thread,
 in message order, and the simulator calls it directly on its virtual clock. It owns
 everything an update meets on its way in: the validator (topic, codec, identity,
-dedupe), the strategy with its defences, the ledger (optional) and the counters. No
-asyncio, no MQTT, no clock of its own.
+dedupe), the strategy with its defences, the gate on every candidate model, the
+ledger (optional) and the counters. No asyncio, no MQTT, no clock of its own.
+
+A candidate the gate refuses (``model_rejected``) takes what was pending with it (see
+``Strategy``). The ledger records that as a ``discard`` event, and a replay calls
+``Strategy.discard_pending`` for it, so a restart reproduces the refusal exactly. The
+replay itself runs ungated: it repeats decisions already made.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from aggregator.counters import Counters
 from aggregator.ledger import Ledger
-from aggregator.strategies import Strategy
+from aggregator.strategies import ModelGate, Strategy
 from aggregator.validation import Validator, to_contribution
 from fedmq.errors import UpdateRejected
 from fedmq.model import Arch, Weights
@@ -65,15 +70,21 @@ class Intake:
         *,
         max_update_bytes: int = MAX_BYTES,
         ledger: Ledger | None = None,
+        gate: ModelGate | None = None,
         log: logging.Logger = log,
     ) -> None:
+        """``gate`` None: the strategy's own gate, else a ``ModelGate`` with its defaults."""
         self.arch = arch
         self.strategy = strategy
         self.validator = Validator(topics, arch, max_bytes=max_update_bytes)
-        self.counters = Counters(log)  # rejections are logged there
+        self.counters = Counters(log)  # rejections are logged there, once a minute per reason
         self.ledger = ledger
+        self.gate = gate or strategy.gate or ModelGate()
+        strategy.gate = None  # until the ledger is replayed
         if ledger is not None:
             self._resume(ledger)
+        self.strategy.gate = self.gate
+        self.gate.start(self.strategy.weights)
 
     def _resume(self, ledger: Ledger) -> None:
         """Continue from the ledger: last checkpoint, then replay what came after it."""
@@ -89,6 +100,8 @@ class Intake:
         for event in events:
             if event.kind == "flush":
                 self.strategy.flush()
+            elif event.kind == "discard":
+                self.strategy.discard_pending()
             else:
                 update = Update.decode(event.payload or b"", shapes=shapes, max_bytes=2**31)
                 self.strategy.apply(to_contribution(update))
@@ -113,6 +126,8 @@ class Intake:
         try:
             produced = self.strategy.apply(contribution)
         except UpdateRejected as exc:
+            if exc.reason == "model_rejected":
+                return self._discard(exc, update.device, update.seq, staleness)
             return self._reject(exc, seq=update.seq)
         if self.ledger is not None:
             self.ledger.record(
@@ -130,7 +145,7 @@ class Intake:
         )
 
     def _reject(self, exc: UpdateRejected, seq: int | None) -> Outcome:
-        self.counters.reject(exc.reason, exc.message, exc.device)
+        self.counters.reject(exc.reason, exc.message, exc.device, seq)
         # A redelivered or replayed seq keeps the one record it already has.
         if self.ledger is not None and exc.reason not in ("duplicate_seq", "old_seq"):
             self.ledger.record(
@@ -150,9 +165,37 @@ class Intake:
             message=exc.message,
         )
 
+    def _discard(
+        self, exc: UpdateRejected, device: str | None, seq: int | None, staleness: int | None
+    ) -> Outcome:
+        """The gate refused the candidate (completed by this update, if any)."""
+        self.counters.reject(exc.reason, exc.message, device, seq)
+        if self.ledger is not None:
+            self.ledger.record(
+                self.strategy,
+                "discard",
+                device=device,
+                seq=seq,
+                reason=exc.reason,
+                staleness=staleness,
+            )
+        return Outcome(
+            False,
+            False,
+            self.strategy.version,
+            device=device,
+            reason=exc.reason,
+            message=exc.message,
+        )
+
     def flush(self) -> Outcome:
         """The deadline flush (see ``aggregator.deadline``): close what is pending."""
-        produced = self.strategy.flush()
+        try:
+            produced = self.strategy.flush()
+        except UpdateRejected as exc:
+            if exc.reason != "model_rejected":
+                raise
+            return self._discard(exc, None, None, None)
         if produced and self.ledger is not None:
             self.ledger.record(self.strategy, "flush")
         return Outcome(False, produced, self.strategy.version)
@@ -167,7 +210,7 @@ class Intake:
             version=self.strategy.version,
             weights=self.strategy.weights,
             strategy=self.strategy.name,
-            params=self.strategy.params(),
+            params={**self.strategy.params(), **self.gate.params()},
             accepted=c.accepted,
             rejected=dict(c.rejected),
             bytes_in=c.bytes_in,

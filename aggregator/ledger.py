@@ -2,7 +2,10 @@
 
 Every update the aggregator decides on is one row of ``events`` (applied, with its
 payload in ``payloads``, or rejected with its reason), committed before the broker gets
-its PUBACK, and every deadline flush is a row too. Every ``checkpoint_every`` applied
+its PUBACK, and every deadline flush is a row too. A candidate model the gate refused
+is a ``discard`` row (reason ``model_rejected``, with the update that completed it, if
+any): it changed the state, dropping what was pending, so it is replayed like a flush
+and counted like a rejection. Every ``checkpoint_every`` applied
 events the strategy's state (``aggregator.strategies.state``: msgpack fields and
 wire-format tensors, no pickle) goes into ``checkpoints`` in the same transaction. A
 restart loads the last checkpoint and replays the events after it; strategies are
@@ -38,7 +41,7 @@ SCHEMA_VERSION = 2  # PRAGMA user_version; 0 with tables: an earlier fedmq, whic
 SCHEMA = """
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after folding
-    kind TEXT NOT NULL,            -- applied | rejected | flush
+    kind TEXT NOT NULL,            -- applied | rejected | flush | discard
     device TEXT,
     seq INTEGER,
     reason TEXT,
@@ -304,7 +307,11 @@ class Ledger:
             ") GROUP BY 1, 2"
         ).fetchall()
         applied = sum(n for kind, _, n in rows if kind == "applied")
-        return applied, Counter({reason: n for kind, reason, n in rows if kind == "rejected"})
+        refused = Counter()
+        for kind, reason, n in rows:
+            if kind in ("rejected", "discard"):
+                refused[reason] += n
+        return applied, refused
 
 
 class _Tx:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import threading
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 
 from aggregator.intake import Snapshot
 from fedmq.data import Dataset
@@ -38,10 +40,16 @@ PARENT_POLL_S = 0.5
 
 @dataclass(frozen=True)
 class Evaluation:
+    """A version's score; a non-finite one is None, so NaN never reaches the wire or history."""
+
     version: int
     accuracy: float | None
-    loss: float
+    loss: float | None
     at: float
+
+
+def finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def make_out_dir(path: Path) -> None:
@@ -178,8 +186,10 @@ class Publisher:
         if self.evalset is None:
             return None
         x, y = self.evalset.x, self.evalset.y
-        acc = accuracy(self.arch, weights, x, y) if self.arch.is_classifier else None
-        return Evaluation(version, acc, loss(self.arch, weights, x, y), time.time())
+        with np.errstate(all="ignore"):  # a model past the gate is sane; this is a backstop
+            acc = accuracy(self.arch, weights, x, y) if self.arch.is_classifier else None
+            value = loss(self.arch, weights, x, y)
+        return Evaluation(version, finite(acc), finite(value), time.time())
 
     def close(self) -> None:
         with self._exporter_lock:

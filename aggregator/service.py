@@ -29,7 +29,8 @@ from aggregator.intake import Intake, Outcome, Snapshot
 from aggregator.ledger import Ledger
 from aggregator.metrics import Metrics
 from aggregator.publisher import Evaluation, Publisher, make_out_dir
-from aggregator.strategies import Strategy
+from aggregator.strategies import ModelGate, Strategy
+from aggregator.strategies.gate import eval_loss
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.data import Dataset
@@ -61,7 +62,7 @@ class Aggregator:
         make_out_dir(cfg.out_dir)
         # The one thread the intake (and its SQLite connection) lives on.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="fedmq-intake")
-        self.intake = self._worker.submit(self._open_intake, strategy, arch).result()
+        self.intake = self._worker.submit(self._open_intake, strategy, arch, evalset).result()
         self.publisher = Publisher(
             self.topics,
             arch,
@@ -79,7 +80,13 @@ class Aggregator:
         self._bytes_reported = 0
         self._states: dict[str, str] = {}  # device -> state, from retained statuses
 
-    def _open_intake(self, strategy: Strategy, arch: Arch) -> Intake:
+    def _open_intake(self, strategy: Strategy, arch: Arch, evalset: Dataset | None) -> Intake:
+        gate = ModelGate(
+            max_weight=self.cfg.gate_max_weight,
+            evaluate=None if evalset is None else eval_loss(arch, evalset),
+            loss_factor=self.cfg.gate_loss_factor,
+            loss_margin=self.cfg.gate_loss_margin,
+        )
         ledger = None
         if self.cfg.ledger:
             ledger = Ledger(
@@ -93,6 +100,7 @@ class Aggregator:
             strategy,
             max_update_bytes=self.cfg.max_update_bytes,
             ledger=ledger,
+            gate=gate,
         )
 
     # Read-only views for the demo and tests; the intake's state changes on its thread.

@@ -201,7 +201,7 @@ class Agent:
         before = self.seqs.resync(ledger.last_seq)
         if before is not None:
             log.warning(
-                "seq resync: the aggregator has accepted up to seq %d from %s, the local "
+                "seq resync: the aggregator has handled up to seq %d from %s, the local "
                 "state (%s) would send %d; continuing at %d",
                 ledger.last_seq,
                 self.cfg.device,

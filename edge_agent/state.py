@@ -4,8 +4,9 @@ The number is reserved (written and fsynced) *before* the update that carries it
 published, so a crash or restart can skip a seq but can never send one twice. The file
 is replaced atomically: power lost mid-write leaves the old file or the new one.
 
-A lost or damaged file is not fatal: the aggregator keeps the last seq it accepted
-from each device (its retained ``DeviceLedger``), and ``resync`` moves past it.
+A lost or damaged file is not fatal: the aggregator keeps the last seq it handled
+(applied or refused) from each device (its retained ``DeviceLedger``), and ``resync``
+moves past it.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class SeqStore:
         return self._next - 1
 
     def resync(self, accepted: int) -> int | None:
-        """Move past ``accepted``, the last seq the aggregator accepted from this device.
+        """Move past ``accepted``, the last seq the aggregator handled from this device.
 
         Returns the seq the store would have used instead when it moved, else None.
         """

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
     from aggregator.strategies.state import StateReader
 
 
+def quiet() -> np.errstate:
+    """Float overflow as values, not warnings: a hostile delta of 1e30 would otherwise log
+    a RuntimeWarning per operation, and the gate refuses the non-finite result anyway."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 # FedBuff's and FedAvg's server learning rate η_g: at most this (1.0 is plain averaging).
 MAX_SERVER_LR = 100.0
 
@@ -93,6 +99,13 @@ class Strategy(ABC):
         """
         return False
 
+    def discard_pending(self) -> None:  # noqa: B027 (nothing pending by default)
+        """Drop whatever is pending, as a candidate the gate refused does.
+
+        The ledger's ``discard`` event replays a refusal with this, so a restart ends
+        in exactly the state the refusal left.
+        """
+
     @property
     def pending(self) -> int:
         """Contributions accepted but not yet folded into a version."""
@@ -135,6 +148,7 @@ class Strategy(ABC):
         """Restore what ``_buffers()`` saved."""
 
     def _publish(self, weights: Weights) -> None:
+        """Make ``weights`` the new version, unless the gate refuses them (then nothing changes)."""
         if self.gate is not None:
             self.gate.check(weights, version=self._version + 1)
         self._weights = weights

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
-from aggregator.strategies.base import Contribution, Strategy
+from aggregator.strategies.base import Contribution, Strategy, quiet
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.spec import parse_spec
 
@@ -116,10 +116,11 @@ class FedAsync(Strategy):
             )
         a = np.float32(self.mixing(tau))
         base = self._history[c.base_version]
-        new = {
-            k: ((1 - a) * x + a * (base[k] + c.delta[k])).astype(np.float32)
-            for k, x in self._weights.items()
-        }
+        with quiet():
+            new = {
+                k: ((1 - a) * x + a * (base[k] + c.delta[k])).astype(np.float32)
+                for k, x in self._weights.items()
+            }
         self._publish(new)
         self._history[self._version] = new
         while len(self._history) > self.max_staleness + 1:

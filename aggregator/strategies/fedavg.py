@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
-from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy
+from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy, quiet
 from fedmq.errors import ConfigError, UpdateRejected
 
 if TYPE_CHECKING:
@@ -76,16 +76,21 @@ class FedAvg(Strategy):
         total = float(sum(n for n, _ in self._round.values()))
         eta = self.server_lr
         new = {}
-        for name, x in self._weights.items():
-            mean = sum(
-                (np.float32(n / total) * d[name] for n, d in self._round.values()), np.zeros_like(x)
-            )
-            new[name] = (x + np.float32(eta) * mean).astype(np.float32)
+        with quiet():
+            for name, x in self._weights.items():
+                mean = sum(
+                    (np.float32(n / total) * d[name] for n, d in self._round.values()),
+                    np.zeros_like(x),
+                )
+                new[name] = (x + np.float32(eta) * mean).astype(np.float32)
         try:
             self._publish(new)
         finally:  # a refused candidate takes its round with it (see Strategy)
-            self._round.clear()
+            self.discard_pending()
         return True
+
+    def discard_pending(self) -> None:
+        self._round.clear()
 
     def params(self) -> dict[str, Any]:
         return {"clients_per_round": self.clients_per_round, "server_lr": self.server_lr}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
-from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy
+from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy, quiet
 from fedmq.errors import ConfigError, UpdateRejected
 
 if TYPE_CHECKING:
@@ -79,15 +79,18 @@ class FedBuff(Strategy):
     def flush(self) -> bool:
         if not self._buffer:
             return False
-        mean = self.combine()
         eta = np.float32(self.server_lr)
         try:
-            self._publish(
-                {k: (x + eta * mean[k]).astype(np.float32) for k, x in self._weights.items()}
-            )
+            with quiet():
+                mean = self.combine()
+                new = {k: (x + eta * mean[k]).astype(np.float32) for k, x in self._weights.items()}
+            self._publish(new)
         finally:  # a refused candidate takes its buffer with it (see Strategy)
-            self._buffer.clear()
+            self.discard_pending()
         return True
+
+    def discard_pending(self) -> None:
+        self._buffer.clear()
 
     def params(self) -> dict[str, Any]:
         return {"k": self.k, "server_lr": self.server_lr, "max_staleness": self.max_staleness}

@@ -12,20 +12,38 @@ learning rate) still never reaches the devices. A candidate is refused when:
   the loss a little, a poisoned or diverged model moves it a lot.
 
 The strategy then keeps its last good weights and version (see ``Strategy``).
+
+The last good loss is always the loss of the current global model: ``start`` sets it
+from the model a federation starts or resumes from, and every candidate that passes
+becomes the model. A restarted aggregator therefore judges the next candidate exactly
+as the one before the restart would have. The daemon evaluates on at most
+``EVAL_ROWS`` rows of its evaluation set, since the gate runs on every candidate.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.model import Arch, loss
+
+if TYPE_CHECKING:
+    from fedmq.data import Dataset
 
 # The candidate's loss on the aggregator's evaluation set.
 Evaluate = Callable[[Mapping[str, np.ndarray]], float]
+
+EVAL_ROWS = 512
+
+
+def eval_loss(arch: Arch, evalset: Dataset, rows: int = EVAL_ROWS) -> Evaluate:
+    """The loss on the first ``rows`` rows of ``evalset`` (always the same rows)."""
+    x, y = evalset.x[:rows], evalset.y[:rows]
+    return lambda weights: loss(arch, weights, x, y)
 
 
 class ModelGate:
@@ -51,14 +69,17 @@ class ModelGate:
 
     def check(self, weights: Mapping[str, np.ndarray], *, version: int) -> None:
         """Refuse the candidate (``UpdateRejected("model_rejected")``) or remember it as good."""
-        largest = max((float(np.max(np.abs(w))) for w in weights.values() if w.size), default=0.0)
+        with np.errstate(invalid="ignore"):
+            largest = max(
+                (float(np.max(np.abs(w))) for w in weights.values() if w.size), default=0.0
+            )
         if not math.isfinite(largest):
             self._refuse(version, "it holds NaN or infinity")
         if largest > self.max_weight:
             self._refuse(version, f"max |w| {largest:.3g} exceeds {self.max_weight:.3g}")
         if self.evaluate is None:
             return
-        value = float(self.evaluate(weights))
+        value = self._loss(weights)
         good = self.last_good_loss
         if not math.isfinite(value):
             self._refuse(version, "its evaluation loss is not finite")
@@ -68,6 +89,16 @@ class ModelGate:
                 f"its evaluation loss {value:.4g} exploded against the last good {good:.4g}",
             )
         self.last_good_loss = value
+
+    def start(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Take ``weights`` (the current global model) as the last good one."""
+        if self.evaluate is not None:
+            value = self._loss(weights)
+            self.last_good_loss = value if math.isfinite(value) else None
+
+    def _loss(self, weights: Mapping[str, np.ndarray]) -> float:
+        with np.errstate(all="ignore"):  # a diverged candidate overflows; it is refused below
+            return float(self.evaluate(weights)) if self.evaluate is not None else math.nan
 
     def _refuse(self, version: int, why: str) -> None:
         raise UpdateRejected("model_rejected", f"candidate model v{version} refused: {why}")

@@ -251,6 +251,9 @@ class Robust(Strategy):
     def flush(self) -> bool:
         return self.inner.flush()
 
+    def discard_pending(self) -> None:
+        self.inner.discard_pending()
+
     def params(self) -> dict[str, Any]:
         bound = self.norm_bound.params() if self.norm_bound else {}
         cap = self.claim_cap.params() if self.claim_cap else {}
