@@ -142,7 +142,7 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
             run=RUN,
             reason="disk_full",
             message="cannot write the ledger: disk full",
-        ),  # fmt: skip
+        ),
     ),
     "device_ledger": (
         "a device ledger",
