@@ -23,12 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
+
 from aggregator.ledger_schema import RunRecord
 from fedmq.errors import ConfigError, WireError
+from fedmq.retained import collect_retained, forget
 from fedmq.wire import GlobalModel
 from fedmq.wire import new_run as fresh_run
 
 log = logging.getLogger("fedmq.aggregator")
+START_TIMEOUT = 10.0  # seconds for each SUBSCRIBE of the start check
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ def decide(
     held: Held,
     seen: Seen | None,
     *,
-    accept_rollback: bool = False,
-    new_run: bool = False,
+    accept: bool = False,
+    new: bool = False,
     make_run: Callable[[], str] = fresh_run,
 ) -> Start:
     """The run to start with, or a ConfigError naming the conflict and its resolutions."""
@@ -88,16 +92,26 @@ def decide(
     if conflict is None:
         return Start(RunRecord(record.run or seen.run, record.rollbacks, record.replaces))
     reason, message = conflict
-    if new_run:
+    if new:
         run = make_run()
         return Start(RunRecord(run, 0, seen.run), f"{message}; new run {run} (--new-run)")
-    if accept_rollback:
+    if accept:
         if reason == "run_mismatch":  # devices follow another run anyway
             return Start(RunRecord(record.run, record.rollbacks), f"{message}; kept its run")
         rollbacks = max(record.rollbacks, seen.rollbacks) + 1
         note = f"{message}; rollback {rollbacks} of run {seen.run} announced (--accept-rollback)"
         return Start(RunRecord(seen.run, rollbacks), note)
     raise ConfigError(reason, f"{message}: {HOW}")
+
+
+async def read_retained_model(
+    client: aiomqtt.Client, topic: str
+) -> tuple[Seen | None, list[aiomqtt.Message]]:
+    """What the fleet holds, read on the aggregator's own session before it publishes,
+    and the updates that arrived meanwhile (not acknowledged: for the caller to handle)."""
+    found, stash = await collect_retained(client, [topic], timeout=START_TIMEOUT)
+    await forget(client, [topic], timeout=START_TIMEOUT)
+    return Seen.of(found.get(topic)), stash
 
 
 def _conflict(held: Held, seen: Seen) -> tuple[str, str] | None:

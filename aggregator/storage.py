@@ -8,10 +8,11 @@ space. Anything else stays what it is.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import sqlite3
 
-from fedmq.errors import StorageError
+from fedmq.errors import FedmqError, StorageError
 
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 FAILED_ERRNOS = {errno.EROFS, errno.EIO}
@@ -55,3 +56,17 @@ def storage_failure(exc: BaseException, what: str = "cannot write") -> StorageEr
             hint = "free space, then start it again" if reason == "disk_full" else "fix it first"
             return StorageError(reason, f"{what}: {leaf} ({hint})")
     return None
+
+
+def why_offline(exc: BaseException, failure: FedmqError | None) -> tuple[str | None, str | None]:
+    """The (reason, message) of the offline status an exit with ``exc`` publishes."""
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return None, None  # stopped, not failed
+    if failure is None and isinstance(exc, FedmqError):
+        failure = exc
+    if failure is not None:
+        return failure.reason, failure.message
+    leaf = exc
+    while getattr(leaf, "exceptions", None):  # a TaskGroup's: name the failure itself
+        leaf = leaf.exceptions[0]  # type: ignore[attr-defined]
+    return "crashed", f"{type(leaf).__name__}: {leaf}"

@@ -66,19 +66,19 @@ def test_conflicts_are_refused_with_one_line_naming_both_ways_out(held, seen, re
 
 
 def test_accept_rollback_announces_one_more_rollback_of_the_same_run():
-    start = _decide(_held(145), Seen(RUN, 310, rollbacks=2), accept_rollback=True)
+    start = _decide(_held(145), Seen(RUN, 310, rollbacks=2), accept=True)
     assert start.record == RunRecord(RUN, 3)
     assert "rollback 3" in start.note
     # An empty ledger restarts the same run from v0, announced as a rollback too.
     empty = _held(0, run=None, origin="empty")
-    assert _decide(empty, Seen(RUN, 310), accept_rollback=True).record == RunRecord(RUN, 1)
+    assert _decide(empty, Seen(RUN, 310), accept=True).record == RunRecord(RUN, 1)
 
 
 def test_new_run_takes_a_fresh_id_and_remembers_what_it_replaces():
-    start = _decide(_held(145), Seen(RUN, 310), new_run=True)
+    start = _decide(_held(145), Seen(RUN, 310), new=True)
     assert start.record == RunRecord(NEW, 0, RUN)
 
 
 def test_the_flags_change_nothing_without_a_conflict():
-    for flags in ({"accept_rollback": True}, {"new_run": True}):
+    for flags in ({"accept": True}, {"new": True}):
         assert _decide(_held(10), Seen(RUN, 10), **flags).record == RunRecord(RUN, 0)
