@@ -82,3 +82,13 @@ def test_new_run_takes_a_fresh_id_and_remembers_what_it_replaces():
 def test_the_flags_change_nothing_without_a_conflict():
     for flags in ({"accept": True}, {"new": True}):
         assert _decide(_held(10), Seen(RUN, 10), **flags).record == RunRecord(RUN, 0)
+
+
+def test_both_flags_at_once_are_refused():
+    from aggregator.config import AggregatorConfig
+    from fedmq.config import BrokerConfig
+
+    with pytest.raises(ConfigError, match="not both"):
+        AggregatorConfig(
+            broker=BrokerConfig.from_url("mqtt://127.0.0.1"), accept_rollback=True, new_run=True
+        )
