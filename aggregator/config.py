@@ -69,6 +69,16 @@ class AggregatorConfig:
     gate_loss_margin: float = setting(
         1.0, help="With --eval: the gate's loss bound is factor × last good loss + this."
     )
+    # The start check (aggregator.startup): what to do when the ledger disagrees with
+    # the model the broker retains. Not in a file: a standing answer would defeat it.
+    accept_rollback: bool = setting(
+        False, help="If the ledger is behind the fleet's retained model: continue from it and "
+        "announce a rollback, which devices follow.", sources=("flag", "env"),
+    )  # fmt: skip
+    new_run: bool = setting(
+        False, help="If the ledger disagrees with the fleet's retained model: continue from it "
+        "as a new run (a fresh run id).", sources=("flag", "env"),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
@@ -87,6 +97,8 @@ class AggregatorConfig:
         for name, ok, rule in gate:
             if not (ok and math.isfinite(getattr(self, name))):
                 raise ConfigError("bad_setting", f"{name} must be finite and {rule}")
+        if self.accept_rollback and self.new_run:
+            raise ConfigError("bad_setting", "give --accept-rollback or --new-run, not both")
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
 

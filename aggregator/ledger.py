@@ -33,47 +33,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.ledger_schema import RunRecord, open_schema, read_run, write_run
+from aggregator.storage import storage_failure
 from aggregator.strategies import Strategy
 from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
 from fedmq.errors import ConfigError
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; 0 with tables: an earlier fedmq, which pickled
-SCHEMA = """
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after folding
-    kind TEXT NOT NULL,            -- applied | rejected | flush | discard
-    device TEXT,
-    seq INTEGER,
-    reason TEXT,
-    version INTEGER NOT NULL,      -- the global version after this event
-    staleness INTEGER,
-    samples INTEGER,
-    at REAL NOT NULL
-);
-CREATE UNIQUE INDEX events_device_seq ON events (device, seq) WHERE seq IS NOT NULL;
-CREATE TABLE payloads (            -- applied updates no checkpoint covers yet
-    event INTEGER PRIMARY KEY,
-    payload BLOB NOT NULL
-);
-CREATE TABLE checkpoints (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    last_event INTEGER NOT NULL,
-    strategy TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    state BLOB NOT NULL,
-    at REAL NOT NULL
-);
-CREATE TABLE devices (             -- folded events: each device's last seq
-    device TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE tallies (             -- folded events: how many of each kind and reason
-    kind TEXT NOT NULL,
-    reason TEXT NOT NULL,          -- '' for applied and flush
-    n INTEGER NOT NULL,
-    PRIMARY KEY (kind, reason)
-) WITHOUT ROWID;
-"""
 # Events that may be folded: older than the newest ``keep_events``, and either covered
 # by the checkpoint or rejected (rejections are never replayed).
 FOLDABLE = "id <= :cutoff AND (id <= :covered OR kind = 'rejected')"
@@ -102,41 +67,28 @@ class Ledger:
         self.keep_events = keep_events
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            empty = self.path.exists() and self.path.stat().st_size == 0
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             # One caller at a time, but not always the same thread: the service resumes
             # on its own thread and then records from its intake worker.
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._open_schema()
+            open_schema(self.db, self.path, "empty" if empty else "new")
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError("bad_ledger", f"cannot open ledger {self.path}: {exc}") from exc
+            what = f"cannot open ledger {self.path}"
+            raise storage_failure(exc, what) or ConfigError("bad_ledger", f"{what}: {exc}") from exc
         self._since_checkpoint = self._count_since_checkpoint()
         self._rejected_since_fold = 0
 
-    def _open_schema(self) -> None:
-        (version,) = self.db.execute("PRAGMA user_version").fetchone()
-        (tables,) = self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if version == 0 and tables == 0:
-            # Only before the first table exists can auto_vacuum still be switched on.
-            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            self.db.executescript(f"BEGIN; {SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
-            return
-        self.db.close()
-        if version == 0:
-            raise ConfigError(
-                "old_ledger",
-                f"{self.path} is a ledger of an older fedmq (pickled checkpoints, which this"
-                " version will not load): finish that federation with the older fedmq, or"
-                " move the file away to start a new one from the configured model",
-            )
-        raise ConfigError(
-            "ledger_version",
-            f"{self.path} has ledger schema {version}; this fedmq reads {SCHEMA_VERSION}"
-            " (was it written by a newer fedmq?)",
-        )
+    def run(self) -> tuple[RunRecord, str | None]:
+        """The run this ledger belongs to, and its origin while no start check accepted
+        it (``aggregator.ledger_schema``)."""
+        return read_run(self.db)
+
+    def set_run(self, record: RunRecord) -> None:
+        with self._transaction():
+            write_run(self.db, record)
 
     def close(self) -> None:
         self.db.close()
@@ -324,4 +276,7 @@ class _Tx:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:  # SQLITE_FULL and SQLITE_IOERR may have rolled back
+            self.db.execute("ROLLBACK")

@@ -115,6 +115,7 @@ class Publisher:
     ) -> None:
         self.topics, self.arch, self.hyper, self.evalset = topics, arch, hyper, evalset
         self.run = run
+        self.rollbacks = 0  # announced rollbacks of ``run`` (set by the start check)
         self.export_onnx = export_onnx
         self.onnx_path = out_dir / "model.onnx"
         self.history = History(out_dir / "history.jsonl")
@@ -141,7 +142,13 @@ class Publisher:
 
     def _build(self, version: int, weights: Weights) -> GlobalModel:
         return GlobalModel.build(
-            version, self.arch, weights, self.hyper, run=self.run, created_at=time.time()
+            version,
+            self.arch,
+            weights,
+            self.hyper,
+            run=self.run,
+            created_at=time.time(),
+            rollbacks=self.rollbacks,
         )
 
     async def publish_onnx(self, client: aiomqtt.Client, model: GlobalModel) -> None:

@@ -29,12 +29,14 @@ from aggregator.intake import Intake, Outcome, Snapshot
 from aggregator.ledger import Ledger
 from aggregator.metrics import Metrics
 from aggregator.publisher import Evaluation, Publisher, make_out_dir
+from aggregator.startup import Held, decide, read_retained_model
+from aggregator.storage import storage_failure, why_offline
 from aggregator.strategies import ModelGate, Strategy
 from aggregator.strategies.gate import eval_loss
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.data import Dataset
-from fedmq.errors import TopicError, WireError
+from fedmq.errors import FedmqError, TopicError, WireError
 from fedmq.identity import client_id
 from fedmq.model import Arch
 from fedmq.topics import Topics, parse
@@ -42,6 +44,7 @@ from fedmq.training import Hyper
 from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
+FAREWELL_TIMEOUT = 5.0  # seconds to publish the offline status on a failure
 T = TypeVar("T")
 
 __all__ = ["Aggregator", "Evaluation"]
@@ -68,7 +71,7 @@ class Aggregator:
             arch,
             hyper,
             cfg.out_dir,
-            run=new_run(),  # the ledger should keep it (issue 10, "A run identity")
+            run=new_run(),  # without a ledger; with one, the start check sets the ledger's
             evalset=evalset,
             export_onnx=cfg.export_onnx,
         )
@@ -79,6 +82,7 @@ class Aggregator:
         self.metrics = None if cfg.metrics_port is None else Metrics()
         self._bytes_reported = 0
         self._states: dict[str, str] = {}  # device -> state, from retained statuses
+        self._checked = False  # the start check (aggregator.startup) runs once, at start
 
     def _open_intake(self, strategy: Strategy, arch: Arch, evalset: Dataset | None) -> Intake:
         gate = ModelGate(
@@ -190,48 +194,103 @@ class Aggregator:
             # crash in between makes the broker deliver it again (aiomqtt issue #345).
             client._client.manual_ack_set(True)
         async with client:
-            # Subscribe first: devices answer the model at once, and an update published
-            # before this subscription exists would be lost.
-            await client.subscribe(self.topics.updates_filter, qos=1)
-            if self.metrics is not None:  # fedmq_devices{state}; QoS 0: nothing to ack
-                await client.subscribe(self.topics.device_status_filter, qos=0)
-            # The ONNX export waits until after "serving": devices need only the model
-            # to get going, and a restart recovers faster.
-            model = await self._publish_model(client, export=False)
-            await self._publish_status(client, "serving")
-            self.serving.set()
-            log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
-            async with TaskGroup() as tg:
-                jobs = [
-                    tg.create_task(self._receive(client, persistent)),
-                    tg.create_task(self._publisher(client, stop)),
-                    tg.create_task(self._status_loop(client, stop)),
-                    tg.create_task(self._deadlines(stop)),
-                    tg.create_task(self.publisher.publish_onnx(client, model)),
-                ]
-                await stop.wait()
-                # Each job also ends by itself on ``stop``: aiomqtt's publish awaits
-                # asyncio.wait_for, which before Python 3.12 can swallow a cancellation
-                # that arrives with the PUBACK, and the group would then wait forever.
-                for job in jobs:
-                    job.cancel()
-            if self._dirty.is_set():
-                await self._publish_model(client)
-            await self._publish_status(client, "offline")
-            self.serving.clear()
+            try:
+                await self._serve_session(client, stop, persistent)
+            except BaseException as exc:
+                failure = storage_failure(exc, f"aggregator {self.cfg.out_dir}")
+                await self._farewell(client, exc, failure)
+                if failure is not None and failure is not exc:
+                    raise failure from exc
+                raise
+
+    async def _serve_session(
+        self, client: aiomqtt.Client, stop: asyncio.Event, persistent: bool
+    ) -> None:
+        stash = [] if self._checked else await self._start_check(client)
+        # Subscribe first: devices answer the model at once, and an update published
+        # before this subscription exists would be lost.
+        await client.subscribe(self.topics.updates_filter, qos=1)
+        if self.metrics is not None:  # fedmq_devices{state}; QoS 0: nothing to ack
+            await client.subscribe(self.topics.device_status_filter, qos=0)
+        # The ONNX export waits until after "serving": devices need only the model
+        # to get going, and a restart recovers faster.
+        model = await self._publish_model(client, export=False)
+        await self._publish_status(client, "serving")
+        self.serving.set()
+        log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
+        async with TaskGroup() as tg:
+            jobs = [
+                tg.create_task(self._receive(client, persistent, stash)),
+                tg.create_task(self._publisher(client, stop)),
+                tg.create_task(self._status_loop(client, stop)),
+                tg.create_task(self._deadlines(stop)),
+                tg.create_task(self.publisher.publish_onnx(client, model)),
+            ]
+            await stop.wait()
+            # Each job also ends by itself on ``stop``: aiomqtt's publish awaits
+            # asyncio.wait_for, which before Python 3.12 can swallow a cancellation
+            # that arrives with the PUBACK, and the group would then wait forever.
+            for job in jobs:
+                job.cancel()
+        if self._dirty.is_set():
+            await self._publish_model(client)
+        await self._publish_status(client, "offline")
+        self.serving.clear()
+
+    async def _start_check(self, client: aiomqtt.Client) -> list[aiomqtt.Message]:
+        """Agree with the retained model before publishing anything (aggregator.startup);
+        the updates that arrived meanwhile come back, unacknowledged, for ``_receive``."""
+        ledger, topic = self.intake.ledger, self.topics.model_global
+        if ledger is None:  # every start is a new run, which devices follow
+            self._checked = True
+            return []
+        retained, stash = await read_retained_model(client, topic)
+        record, origin = await self._on_worker(ledger.run)
+        held = Held(ledger.path, record, self.intake.strategy.version, origin)
+        start = decide(held, retained, accept=self.cfg.accept_rollback, new=self.cfg.new_run)
+        if start.note:
+            log.warning("start check: %s", start.note)
+        await self._on_worker(ledger.set_run, start.record)
+        self.publisher.run, self.publisher.rollbacks = start.record.run, start.record.rollbacks
+        self._checked = True
+        return stash
+
+    async def _farewell(
+        self, client: aiomqtt.Client, exc: BaseException, failure: FedmqError | None
+    ) -> None:
+        """Publish ``offline`` before the clean DISCONNECT, which suppresses the last will."""
+        if only(exc, aiomqtt.MqttError):
+            return  # the connection is gone: the broker sends the last will
+        reason, message = why_offline(exc, failure)
+        try:
+            snap = await self._on_worker(self.intake.snapshot)
+            status = self._status("offline", snap, reason=reason, message=message)
+            publish = client.publish(
+                self.topics.aggregator_status, status.encode(), qos=1, retain=True
+            )
+            await asyncio.wait_for(publish, FAREWELL_TIMEOUT)
+        except Exception as err:  # the original failure is what the operator must see
+            log.warning("could not publish the offline status: %s", err)
 
     # -- updates in -------------------------------------------------------------------
 
-    async def _receive(self, client: aiomqtt.Client, persistent: bool) -> None:
+    async def _receive(
+        self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
+    ) -> None:
+        for message in stash:  # what arrived during the start check, not acknowledged yet
+            await self._one(client, persistent, message)
         async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if self._device_state(str(message.topic), payload):
-                continue
-            outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
-            self._outcome(outcome)
-            self._observe(outcome, seconds, len(payload))
-            if persistent and message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+            await self._one(client, persistent, message)
+
+    async def _one(self, client: aiomqtt.Client, persistent: bool, message: Any) -> None:
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        if self._device_state(str(message.topic), payload):
+            return
+        outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
+        self._outcome(outcome)
+        self._observe(outcome, seconds, len(payload))
+        if persistent and message.qos > 0:
+            client._client.ack(message.mid, message.qos)
 
     def _device_state(self, topic: str, payload: bytes) -> bool:
         """Count a device status for the metrics; False for anything else (an update)."""
@@ -311,7 +370,7 @@ class Aggregator:
 
     # -- status -----------------------------------------------------------------------
 
-    def _status(self, state: str, snap: Snapshot | None = None) -> AggregatorStatus:
+    def _status(self, state: str, snap: Snapshot | None = None, **why: Any) -> AggregatorStatus:
         s = snap or self.intake.snapshot()
         ev = self.last_eval
         return AggregatorStatus(
@@ -325,6 +384,9 @@ class Aggregator:
             last_loss=None if ev is None else ev.loss,
             started_at=self.started_at,
             at=time.time(),
+            run=self.publisher.run,
+            reason=why.get("reason"),
+            message=" ".join(str(why.get("message")).split())[:256] if why.get("message") else None,
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:

@@ -11,6 +11,7 @@ the format does; ``--check`` exits 1 when the files on disk differ from a fresh 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import struct
@@ -92,6 +93,10 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
         _update_q8_float64_scales,
     ),
     "global_model": ("an MLP global model, hyper with noise", _model),
+    "global_model_rollback": (
+        "a global model after one announced rollback (optional rollbacks = 1)",
+        lambda: dataclasses.replace(_model(), rollbacks=1),
+    ),
     "global_model_linear": (
         "a linear global model, hyper without noise",
         lambda: _model(Arch("linear", (3, 1)), Hyper()),
@@ -119,6 +124,24 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
             0.25,
             1767225000.0,
             1767225601.0,
+        ),
+    ),
+    "aggregator_status_offline": (
+        "an offline aggregator status with the optional run, reason and message",
+        lambda: AggregatorStatus(
+            "offline",
+            "fedasync",
+            {},
+            7,
+            30,
+            {},
+            None,
+            None,
+            1767225000.0,
+            1767225601.0,
+            run=RUN,
+            reason="disk_full",
+            message="cannot write the ledger: disk full",
         ),
     ),
     "device_ledger": (

@@ -32,7 +32,6 @@ from edge_agent.checks import (
     one_line,
     read_ledger,
     read_model,
-    stamp,
 )
 from edge_agent.config import AgentConfig
 from edge_agent.state import SeqStore
@@ -74,7 +73,7 @@ class Agent:
         self.meter = ProcessMeter()
         self._latest: GlobalModel | None = None
         self._new_model = asyncio.Event()
-        self._trained: tuple[int, float] = (-1, 0.0)  # (version, created_at) last trained on
+        self._trained: GlobalModel | None = None  # the model last trained on
         self._last_loss: float | None = None
         self._state = "online"
         self._error: tuple[str, str] | None = None  # (reason, message) of the last refusal
@@ -214,11 +213,11 @@ class Agent:
         while await wait_any(self._new_model, stop) and not stop.is_set():
             self._new_model.clear()
             model = self._latest
-            if model is None or stamp(model) <= self._trained:
+            if model is None or not follows(self._trained, model):
                 continue
             await self._publish_status(client, "training")
             update = await self._attempt(model)
-            self._trained = stamp(model)  # a failed run is not retried on the same model
+            self._trained = model  # a failed run is not retried on the same model
             if update is not None:
                 payload = update.encode()
                 await client.publish(self.topics.update(self.cfg.device), payload, qos=1)

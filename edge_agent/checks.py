@@ -17,26 +17,28 @@ from fedmq.errors import FedmqError, WireError
 from fedmq.training import Hyper, TrainStats
 from fedmq.wire import MAX_STATUS_MESSAGE, DeviceLedger, GlobalModel
 
-Stamp = tuple[int, float]
+Stamp = tuple[int, int, float]
 
 
 def stamp(model: GlobalModel) -> Stamp:
-    """Order of models: by version, then by publish time.
+    """Order of the models of one run: by rollbacks, version, then publish time.
 
-    An aggregator that restarts republishes its current version with a new
+    An announced rollback (``rollbacks`` + 1) comes after every version before it. An
+    aggregator that restarts republishes its current version with a new
     ``created_at``; an update sent while it was away may be lost, so that republish is
     also a prompt to train again rather than wait for a version that may never come.
     """
-    return (model.version, model.created_at)
+    return (model.rollbacks, model.version, model.created_at)
 
 
 def follows(held: GlobalModel | None, offered: GlobalModel) -> bool:
     """The version-acceptance rule: does ``offered`` replace the model the agent holds?
 
-    Only a later stamp does; a lower version is ignored. Run identity (a new
-    federation, an announced rollback) extends this rule, and only this rule.
+    A model of another run always does: the aggregator's run is the one to follow. In
+    the same run, only a later stamp does, so a lower version is ignored unless the
+    aggregator announced a rollback (docs/wire.md 3.2).
     """
-    return held is None or stamp(offered) > stamp(held)
+    return held is None or offered.run != held.run or stamp(offered) > stamp(held)
 
 
 @dataclass(frozen=True)

@@ -78,3 +78,10 @@ class BrokerError(FedmqError):
     """Raised when the MQTT broker cannot be reached, started or authenticated against."""
 
     exit_code = 8
+
+
+class StorageError(FedmqError):
+    """Raised when a service cannot write its own files: a full disk, a read-only or
+    failing file system. Restarting does not help until an operator frees space."""
+
+    exit_code = 3

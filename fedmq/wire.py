@@ -2,8 +2,9 @@
 
 A payload is one msgpack map with ``"v": 1`` and a ``"kind"``; tensors are msgpack ext
 type 1. The byte-level specification is ``docs/wire.md``; its only implementation is
-this module (the messages), ``fedmq.fields`` (parsing and the per-field checks) and
-``fedmq.tensors`` (tensor bytes, q8, the model digest).
+this module (the messages), ``fedmq.envelope`` (what every message shares),
+``fedmq.fields`` (parsing and the per-field checks) and ``fedmq.tensors`` (tensor
+bytes, q8, the model digest).
 
 Decoding is defensive because the bytes come from the network: the size limit is
 checked before parsing, msgpack's own length limits stop size bombs, duplicate keys
@@ -16,11 +17,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-import msgpack
 import numpy as np
 
+from fedmq.envelope import MAX_BYTES, VERSION, Message, unpack
 from fedmq.errors import WireError
 from fedmq.fields import (
     Check,
@@ -38,7 +39,6 @@ from fedmq.fields import (
     check_against,
     check_finite,
     optional,
-    parse_msgpack,
 )
 from fedmq.model import Arch
 from fedmq.tensors import (
@@ -51,8 +51,22 @@ from fedmq.tensors import (
 )
 from fedmq.training import Hyper
 
-VERSION = 1
-MAX_BYTES = 8 * 1024 * 1024
+__all__ = [
+    "MAX_BYTES",
+    "MESSAGES",
+    "VERSION",
+    "AggregatorStatus",
+    "DeviceLedger",
+    "DeviceStatus",
+    "GlobalModel",
+    "Message",
+    "Update",
+    "decode_any",
+    "encode_tensor",
+    "new_run",
+    "weights_digest",
+]
+
 RUN_HEX = 16
 MAX_STATUS_MESSAGE = 256
 
@@ -64,76 +78,6 @@ AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 def new_run() -> str:
     """A fresh random run id (``RUN_HEX`` lowercase hex digits) for a new federation."""
     return secrets.token_hex(RUN_HEX // 2)
-
-
-# -- messages ----------------------------------------------------------------------------
-
-M = TypeVar("M", bound="Message")
-
-
-class Message:
-    """Shared encode/decode; each subclass lists its fields and their checks."""
-
-    KIND: ClassVar[str]
-    FIELDS: ClassVar[dict[str, Check]]
-    # Fields added compatibly within v1: absent means None, and None is not written, so
-    # a payload without them is byte for byte what an older encoder wrote.
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            name: getattr(self, name)
-            for name in self.FIELDS
-            if name not in self.OPTIONAL or getattr(self, name) is not None
-        }
-
-    def encode(self) -> bytes:
-        body = {"v": VERSION, "kind": self.KIND, **self.to_map()}
-        return msgpack.packb(body, use_bin_type=True, default=_default)
-
-    @classmethod
-    def decode(cls: type[M], data: bytes, *, max_bytes: int = MAX_BYTES, **context: Any) -> M:
-        return cls._from_body(_unpack(data, max_bytes), **context)
-
-    @classmethod
-    def _from_body(cls: type[M], body: dict[str, Any], **context: Any) -> M:
-        if body.get("kind") != cls.KIND:
-            raise WireError("bad_kind", f"kind {body.get('kind')!r}, expected {cls.KIND!r}")
-        unknown = set(body) - set(cls.FIELDS) - {"v", "kind"}
-        if unknown:
-            raise WireError("unknown_field", f"unknown field(s) {sorted(map(str, unknown))}")
-        values = {}
-        for name, check in cls.FIELDS.items():
-            if name in body:
-                values[name] = check(body[name], name)
-            elif name in cls.OPTIONAL:
-                values[name] = None
-            else:
-                raise WireError("missing_field", f"{cls.KIND} needs field {name!r}")
-        return cls._build(values, **context)
-
-    @classmethod
-    def _build(cls: type[M], values: dict[str, Any]) -> M:
-        return cls(**values)
-
-
-def _default(obj: object) -> object:
-    if isinstance(obj, np.ndarray):
-        return encode_tensor(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def _unpack(data: bytes, max_bytes: int) -> dict[str, Any]:
-    """Parse the envelope: size, msgpack, a map, ``v`` as a strict int 1."""
-    body = parse_msgpack(data, max_bytes)
-    if not isinstance(body, dict):
-        raise WireError("not_a_map", "a payload must be a msgpack map")
-    v = body.get("v")
-    if type(v) is not int or v != VERSION:  # not True, not 1.0
-        raise WireError("bad_version", f"wire version {v!r}, expected the int {VERSION}")
-    return body
 
 
 @dataclass
@@ -226,7 +170,9 @@ class GlobalModel(Message):
     """The global model at ``version`` of federation ``run``.
 
     ``digest`` is ``weights_digest(arch, weights)``: it covers the arch, the parameter
-    names, shapes, dtypes and data (docs/wire.md 3.2).
+    names, shapes, dtypes and data (docs/wire.md 3.2). ``rollbacks`` counts the
+    rollbacks the aggregator announced in this run: devices order models of one run by
+    (rollbacks, version), so a rolled-back ledger's lower version still reaches them.
     """
 
     run: str
@@ -236,6 +182,7 @@ class GlobalModel(Message):
     digest: str
     hyper: Hyper
     created_at: float
+    rollbacks: int = 0
 
     KIND: ClassVar[str] = "global_model"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -246,7 +193,9 @@ class GlobalModel(Message):
         "digest": as_hex(64),
         "hyper": as_hyper,
         "created_at": as_time,
+        "rollbacks": as_int(0, 2**31 - 1),
     }
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {"rollbacks": 0}
 
     @classmethod
     def build(
@@ -258,6 +207,7 @@ class GlobalModel(Message):
         *,
         run: str,
         created_at: float = 0.0,
+        rollbacks: int = 0,
     ) -> GlobalModel:
         run = as_hex(RUN_HEX)(run, "run")
         ordered = {
@@ -266,7 +216,7 @@ class GlobalModel(Message):
         check_against(ordered, arch.param_shapes(), "weights")
         check_finite(ordered, "weights")
         digest = weights_digest(arch, ordered)
-        return cls(run, version, arch, ordered, digest, hyper, created_at)
+        return cls(run, version, arch, ordered, digest, hyper, created_at, rollbacks)
 
     def to_map(self) -> dict[str, Any]:
         out = super().to_map()
@@ -325,12 +275,16 @@ class DeviceStatus(Message):
         "reason": optional(as_str(max_len=64)),
         "message": optional(as_str(max_len=MAX_STATUS_MESSAGE)),
     }
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"reason", "message"})
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {"reason": None, "message": None}
 
 
 @dataclass
 class AggregatorStatus(Message):
-    """The aggregator's retained status; its last will carries ``state="offline"``."""
+    """The aggregator's retained status; its last will carries ``state="offline"``.
+
+    ``run`` is the federation it serves; an ``offline`` status after a failure (a full
+    disk, a refused start) carries a ``reason`` code and one line ``message``.
+    """
 
     state: str
     strategy: str
@@ -342,6 +296,9 @@ class AggregatorStatus(Message):
     last_loss: float | None
     started_at: float
     at: float
+    run: str | None = None
+    reason: str | None = None
+    message: str | None = None
 
     KIND: ClassVar[str] = "aggregator_status"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -355,7 +312,11 @@ class AggregatorStatus(Message):
         "last_loss": optional(as_float()),
         "started_at": as_time,
         "at": as_time,
+        "run": optional(as_hex(RUN_HEX)),
+        "reason": optional(as_str(max_len=64)),
+        "message": optional(as_str(max_len=MAX_STATUS_MESSAGE)),
     }
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {"run": None, "reason": None, "message": None}
 
 
 @dataclass
@@ -391,7 +352,7 @@ MESSAGES: dict[str, type[Message]] = {
 
 def decode_any(data: bytes, *, max_bytes: int = MAX_BYTES) -> Message:
     """Decode a payload of any kind (for inspection tools)."""
-    body = _unpack(data, max_bytes)
+    body = unpack(data, max_bytes)
     kind = body.get("kind")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:

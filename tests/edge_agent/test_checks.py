@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -178,3 +180,53 @@ def test_one_line_is_one_short_line(text):
     line = one_line(text)
     assert "\n" not in line and "\r" not in line and len(line) <= 256
     assert bool(line) == bool(text.split())
+
+
+# -- run identity: the agent follows the aggregator's run ----------------------------------
+
+OTHER_RUN = "fedcba9876543210"
+_BASE = _model()
+
+
+def _ident(run: str, rollbacks: int, version: int, created_at: float) -> GlobalModel:
+    return dataclasses.replace(
+        _BASE, run=run, rollbacks=rollbacks, version=version, created_at=created_at
+    )
+
+
+_IDENTS = st.builds(
+    _ident,
+    st.sampled_from([RUN, OTHER_RUN]),
+    st.integers(0, 3),
+    st.integers(0, 5),
+    st.sampled_from([1.0, 2.0]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(held=_IDENTS, offered=_IDENTS)
+def test_follows_another_run_always_and_a_newer_rollbacks_version_in_the_same_run(held, offered):
+    got = follows(held, offered)
+    if offered.run != held.run:
+        assert got
+    else:
+        newer = (offered.rollbacks, offered.version, offered.created_at) > (
+            held.rollbacks,
+            held.version,
+            held.created_at,
+        )
+        assert got is newer
+        assert not (got and follows(offered, held))  # never both ways in one run
+        if offered.rollbacks > held.rollbacks:
+            assert got  # an announced rollback, whatever its version
+        if offered.rollbacks == held.rollbacks and offered.version < held.version:
+            assert not got  # a lower version of the same run is ignored
+
+
+def test_a_rollback_from_v310_to_v145_is_followed_and_v144_after_it_is_not():
+    held = _ident(RUN, 0, 310, 1.0)
+    rolled = _ident(RUN, 1, 145, 2.0)
+    assert follows(held, rolled)
+    assert not follows(rolled, _ident(RUN, 0, 311, 3.0))  # the pre-rollback line is over
+    assert follows(rolled, _ident(RUN, 1, 146, 3.0))
+    assert follows(held, _ident(OTHER_RUN, 0, 0, 0.0))  # a new run, even at v0

@@ -15,7 +15,7 @@ HEAVY = ("onnx", "onnxruntime", "sklearn", "scipy", "typer", "rich", "cryptograp
 MQTT = ("paho", "aiomqtt")
 CONTRACT = {"fedmq._version", "fedmq.errors", "fedmq.model", "fedmq.topics", "fedmq.training"}
 # Hyper is declared with fedmq.settings, the one source of every setting.
-CONTRACT |= {"fedmq.wire", "fedmq.fields", "fedmq.tensors", "fedmq.settings"}
+CONTRACT |= {"fedmq.wire", "fedmq.envelope", "fedmq.fields", "fedmq.tensors", "fedmq.settings"}
 
 
 def test_import_fedmq_loads_only_the_contract():

@@ -77,6 +77,8 @@ def status_command(
         raise ConfigError("no_aggregator", f"no aggregator has published a status for {fleet!r}")
     doc = {
         "state": agg.state,
+        "reason": agg.reason,
+        "run": agg.run,
         "strategy": agg.strategy,
         "params": agg.params,
         "version": agg.version,

@@ -1,10 +1,7 @@
-"""Reading retained messages over MQTT, with a definite end.
+"""Reading retained messages over MQTT: a clean session of the tool's own.
 
-MQTT has no "end of retained messages" marker. A broker sends the retained messages
-that match a subscription while it handles that SUBSCRIBE, before it reads the next
-packet from the same client; so once the SUBACK of a *second* subscription is back, every
-retained message of the first is already in our queue. Subscribing at QoS 0 keeps the
-broker's in-flight window (QoS 1/2 only) from holding any of them back.
+Where the retained messages end is ``fedmq.retained``'s business (shared with the
+aggregator's start check); this module connects and follows.
 """
 
 from __future__ import annotations
@@ -17,9 +14,7 @@ import aiomqtt
 
 from fedmq.config import BrokerConfig
 from fedmq.errors import BrokerError
-
-# A filter no fedmq topic matches; its SUBACK marks the end of the retained messages.
-_MARKER = "fl/$fedmq-end-of-retained"
+from fedmq.retained import collect_retained
 
 
 @contextlib.asynccontextmanager
@@ -50,19 +45,11 @@ async def read_retained(
     """Every retained message matching ``filters``: topic -> payload (empty ones left out)."""
     async with connected(broker, timeout=timeout) as client:
         try:
-            for f in filters:
-                await client.subscribe(f, qos=0, timeout=timeout)
-            await client.subscribe(_MARKER, qos=0, timeout=timeout)
+            found, _ = await collect_retained(client, filters, timeout=timeout)
         except aiomqtt.MqttError as exc:
             raise BrokerError(
                 "broker_failed", f"{broker.url} refused a subscription: {exc}"
             ) from exc
-        found: dict[str, bytes] = {}
-        for _ in range(len(client.messages)):
-            message = await anext(aiter(client.messages))
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if payload:
-                found[str(message.topic)] = payload
         return found
 
 

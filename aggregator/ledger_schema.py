@@ -1,0 +1,129 @@
+"""The ledger file's layout: its tables, schema versions and the run it belongs to.
+
+``PRAGMA user_version`` is the schema version. A file without tables (new, or 0 bytes)
+gets the current schema and an *origin* (``new``, or ``empty`` for 0 bytes) that lasts
+until a start check accepts it: the start check (``aggregator.startup``) must not
+mistake it for a federation that is just beginning while the broker still retains a
+model, not even after a refused start already wrote its first checkpoint. Schema 2
+ledgers gain the ``meta`` table in place; their run is unknown until the start check
+adopts the run of the retained model.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmq.errors import ConfigError
+
+SCHEMA_VERSION = 3  # 0 with tables: an earlier fedmq, which pickled; 2: no meta table
+META = """
+CREATE TABLE meta (                -- the federation this ledger belongs to
+    key TEXT PRIMARY KEY,          -- run | rollbacks | replaces | origin
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+SCHEMA = (
+    """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after folding
+    kind TEXT NOT NULL,            -- applied | rejected | flush | discard
+    device TEXT,
+    seq INTEGER,
+    reason TEXT,
+    version INTEGER NOT NULL,      -- the global version after this event
+    staleness INTEGER,
+    samples INTEGER,
+    at REAL NOT NULL
+);
+CREATE UNIQUE INDEX events_device_seq ON events (device, seq) WHERE seq IS NOT NULL;
+CREATE TABLE payloads (            -- applied updates no checkpoint covers yet
+    event INTEGER PRIMARY KEY,
+    payload BLOB NOT NULL
+);
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    last_event INTEGER NOT NULL,
+    strategy TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE devices (             -- folded events: each device's last seq
+    device TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE tallies (             -- folded events: how many of each kind and reason
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,          -- '' for applied and flush
+    n INTEGER NOT NULL,
+    PRIMARY KEY (kind, reason)
+) WITHOUT ROWID;
+"""
+    + META
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The run a ledger belongs to (``run`` None: not known yet) and its rollbacks.
+
+    ``replaces`` is the run a ``--new-run`` start replaced: until the new run's first
+    model is out, the broker still retains that one, and that is no conflict.
+    """
+
+    run: str | None = None
+    rollbacks: int = 0
+    replaces: str | None = None
+
+
+def open_schema(db: sqlite3.Connection, path: Path, origin: str) -> None:
+    """Create or upgrade the schema in ``db``.
+
+    A file without tables gets the current schema and ``origin`` (``new`` or ``empty``:
+    it existed with 0 bytes) in ``meta``, kept until the start check writes a run.
+    """
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    (tables,) = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0 and tables == 0:
+        # Only before the first table exists can auto_vacuum still be switched on.
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        origin_row = f"INSERT INTO meta (key, value) VALUES ('origin', '{origin}');"
+        db.executescript(
+            f"BEGIN; {SCHEMA} {origin_row} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        )
+        return
+    if version == 2:
+        db.executescript(f"BEGIN; {META} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+        return
+    db.close()
+    if version == 0:
+        raise ConfigError(
+            "old_ledger",
+            f"{path} is a ledger of an older fedmq (pickled checkpoints, which this"
+            " version will not load): finish that federation with the older fedmq, or"
+            " move the file away to start a new one from the configured model",
+        )
+    raise ConfigError(
+        "ledger_version",
+        f"{path} has ledger schema {version}; this fedmq reads {SCHEMA_VERSION}"
+        " (was it written by a newer fedmq?)",
+    )
+
+
+def read_run(db: sqlite3.Connection) -> tuple[RunRecord, str | None]:
+    """The run record and the origin (None once a start check has written a run)."""
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    record = RunRecord(meta.get("run"), int(meta.get("rollbacks", 0)), meta.get("replaces"))
+    return record, meta.get("origin")
+
+
+def write_run(db: sqlite3.Connection, record: RunRecord) -> None:
+    """Replace the run record and forget the origin (in the caller's transaction)."""
+    db.execute("DELETE FROM meta WHERE key IN ('run', 'rollbacks', 'replaces', 'origin')")
+    rows = [("rollbacks", str(record.rollbacks))]
+    rows += [(k, v) for k, v in (("run", record.run), ("replaces", record.replaces)) if v]
+    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
