@@ -33,6 +33,8 @@ def broker_command(
     runs in-process instead: MQTT 3.1.1, QoS 0/1, retained messages, last wills and
     persistent sessions held in memory; no TLS, no passwords, no QoS 2. Neither is
     for a real fleet: see broker_config/production.conf.
+
+    Example: `fedmq broker --port 1883 --kind mosquitto`
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -101,6 +103,8 @@ def add_device_command(
     The password is printed once, alone on stdout (`PW=$(fedmq broker add-device pi-001)`
     works); the password file gets only a salted hash, written by mosquitto_passwd, and
     the ACL the user's rights in its fleet. Mosquitto reads both at start-up and on SIGHUP.
+
+    Example: `fedmq broker add-device pi-001 --fleet farm --password-file /etc/mosquitto/passwd`
     """
     from tools.pki.provision import add_user, describe_access
 

@@ -19,7 +19,8 @@ from tools.ops.jsonify import plain
 from tools.ops.retained import follow
 
 fleet_app = typer.Typer(
-    help="The devices of a fleet: state, version held, staleness, contributions.",
+    help="The devices of a fleet: state, version held, staleness, contributions.\n\n"
+    "Example: `fedmq fleet ls --broker mqtt://127.0.0.1:1883 --fleet default`",
     no_args_is_help=True,
 )
 

@@ -24,7 +24,8 @@ from tools.cli.options import PASSWORD, with_settings
 from tools.ops import model as ops
 
 model_app = typer.Typer(
-    help="The retained global model: summary, export, predictions, history.",
+    help="The retained global model: summary, export, predictions, history.\n\n"
+    "Example: `fedmq model show --broker mqtt://127.0.0.1:1883 --fleet default`",
     no_args_is_help=True,
 )
 
