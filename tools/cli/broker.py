@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fedmq.errors import ConfigError
+from fedmq.logs import LogSettings
+from fedmq.settings import given_flags
+from tools.cli.options import with_settings
 
 broker_app = typer.Typer(
     no_args_is_help=False, invoke_without_command=True, rich_markup_mode="markdown"
@@ -14,6 +18,7 @@ broker_app = typer.Typer(
 
 
 @broker_app.callback()
+@with_settings(LogSettings, env=False)
 def broker_command(
     ctx: typer.Context,
     port: int = typer.Option(1883, help="TCP port on 127.0.0.1 (0 picks a free one)."),
@@ -25,6 +30,7 @@ def broker_command(
         None,
         help="Mosquitto config template (default broker_config/dev.conf); Mosquitto only.",
     ),
+    settings: Any = None,
 ) -> None:
     """Run a development broker on 127.0.0.1 until Ctrl-C or SIGTERM.
 
@@ -38,6 +44,7 @@ def broker_command(
     """
     if ctx.invoked_subcommand is not None:
         return
+    LogSettings(**given_flags((LogSettings,), settings)).configure()
     from tools.broker import DEV_CONF, EmbeddedBroker, MosquittoBroker, choose_broker
 
     if not 0 <= port <= 65535:
@@ -109,15 +116,8 @@ def add_device_command(
     from tools.pki.provision import add_user, describe_access
 
     acl_file = acl_file if acl_file is not None else password_file.with_name("acl")
-    password = add_user(
-        password_file,
-        device_id,
-        fleet=fleet,
-        acl_file=acl_file,
-        role=role,
-        group=group,
-        force=force,
-    )
+    access = {"fleet": fleet, "acl_file": acl_file, "role": role, "group": group}
+    password = add_user(password_file, device_id, force=force, **access)
     what = "new password of" if force else "password for"
     typer.echo(
         f"fedmq broker: {what} {role} {device_id!r} of fleet {fleet!r} in {password_file} "
