@@ -61,6 +61,8 @@ def show_command(
         print_json(doc)
         return
     for key, value in doc.items():
+        if key == "epsilon" and value is None:
+            continue  # DP off: nothing to say
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif key == "created_at":
