@@ -329,6 +329,8 @@ class Aggregator:
         snap = await self._on_worker(lambda: self.intake.snapshot(ledgers=True))
         payload = self._status(state, snap).encode()
         await client.publish(self.topics.aggregator_status, payload, qos=1, retain=True)
+        # With the heartbeat, not with each model: at most one summary per status_interval.
+        await self.publisher.publish_history(client)
         for ledger in snap.ledgers:
             topic = self.topics.aggregator_device(ledger.device)
             await client.publish(topic, ledger.encode(), qos=1, retain=True)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-import msgpack
 import numpy as np
 
 from fedmq.errors import WireError
@@ -38,21 +37,22 @@ from fedmq.fields import (
     check_against,
     check_finite,
     optional,
-    parse_msgpack,
 )
+from fedmq.history import HistorySummary
+from fedmq.message import MAX_BYTES, Message, _unpack
 from fedmq.model import Arch
 from fedmq.tensors import (
     Tensors,
     check_q8_scale,
     dequantize_q8,
-    encode_tensor,
     quantize_q8,
     weights_digest,
 )
+from fedmq.tensors import (
+    encode_tensor as encode_tensor,  # re-exported: tests and tools encode with it
+)
 from fedmq.training import Hyper
 
-VERSION = 1
-MAX_BYTES = 8 * 1024 * 1024
 RUN_HEX = 16
 MAX_STATUS_MESSAGE = 256
 
@@ -64,76 +64,6 @@ AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 def new_run() -> str:
     """A fresh random run id (``RUN_HEX`` lowercase hex digits) for a new federation."""
     return secrets.token_hex(RUN_HEX // 2)
-
-
-# -- messages ----------------------------------------------------------------------------
-
-M = TypeVar("M", bound="Message")
-
-
-class Message:
-    """Shared encode/decode; each subclass lists its fields and their checks."""
-
-    KIND: ClassVar[str]
-    FIELDS: ClassVar[dict[str, Check]]
-    # Fields added compatibly within v1: absent means None, and None is not written, so
-    # a payload without them is byte for byte what an older encoder wrote.
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            name: getattr(self, name)
-            for name in self.FIELDS
-            if name not in self.OPTIONAL or getattr(self, name) is not None
-        }
-
-    def encode(self) -> bytes:
-        body = {"v": VERSION, "kind": self.KIND, **self.to_map()}
-        return msgpack.packb(body, use_bin_type=True, default=_default)
-
-    @classmethod
-    def decode(cls: type[M], data: bytes, *, max_bytes: int = MAX_BYTES, **context: Any) -> M:
-        return cls._from_body(_unpack(data, max_bytes), **context)
-
-    @classmethod
-    def _from_body(cls: type[M], body: dict[str, Any], **context: Any) -> M:
-        if body.get("kind") != cls.KIND:
-            raise WireError("bad_kind", f"kind {body.get('kind')!r}, expected {cls.KIND!r}")
-        unknown = set(body) - set(cls.FIELDS) - {"v", "kind"}
-        if unknown:
-            raise WireError("unknown_field", f"unknown field(s) {sorted(map(str, unknown))}")
-        values = {}
-        for name, check in cls.FIELDS.items():
-            if name in body:
-                values[name] = check(body[name], name)
-            elif name in cls.OPTIONAL:
-                values[name] = None
-            else:
-                raise WireError("missing_field", f"{cls.KIND} needs field {name!r}")
-        return cls._build(values, **context)
-
-    @classmethod
-    def _build(cls: type[M], values: dict[str, Any]) -> M:
-        return cls(**values)
-
-
-def _default(obj: object) -> object:
-    if isinstance(obj, np.ndarray):
-        return encode_tensor(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def _unpack(data: bytes, max_bytes: int) -> dict[str, Any]:
-    """Parse the envelope: size, msgpack, a map, ``v`` as a strict int 1."""
-    body = parse_msgpack(data, max_bytes)
-    if not isinstance(body, dict):
-        raise WireError("not_a_map", "a payload must be a msgpack map")
-    v = body.get("v")
-    if type(v) is not int or v != VERSION:  # not True, not 1.0
-        raise WireError("bad_version", f"wire version {v!r}, expected the int {VERSION}")
-    return body
 
 
 @dataclass
@@ -385,7 +315,8 @@ class DeviceLedger(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {
-    m.KIND: m for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger)
+    m.KIND: m
+    for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger, HistorySummary)
 }
 
 

@@ -153,7 +153,7 @@ def device_text(doc: dict[str, Any], now: float | None = None) -> str:
     """``fleet show`` for a person: the row, then the full status and the contributions."""
     now = time.time() if now is None else now
     behind = "" if doc["staleness"] is None else f", {doc['staleness']} version(s) behind"
-    held = "no model" if doc["model_version"] is None else f"model v{doc['model_version']}"
+    held = "model unknown" if doc["model_version"] is None else f"model v{doc['model_version']}"
     lines = [
         f"{doc['device']}: {doc['state']}, {held}{behind}, last seen {_ago(doc['last_seen'], now)}"
     ]
