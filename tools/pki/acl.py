@@ -42,8 +42,8 @@ _GRANTS = {
         "read {f}/devices/+/status",
         "read {f}/stats/+",
         # The models it publishes, its status, the per-device ledgers and the history
-        # summary (aggregator/history); it may read
-        # them back (the retained model tells it which version the fleet holds).
+        # summary (aggregator/history); it may read them back (the retained model tells
+        # it which version the fleet holds).
         "readwrite {f}/model/#",
         "readwrite {f}/aggregator/#",
     ),
