@@ -16,6 +16,7 @@ from typing import Any
 
 from fedmq.config import BrokerConfig, BrokerSettings, fleet_setting, keepalive_setting
 from fedmq.errors import ConfigError
+from fedmq.logs import LogSettings
 from fedmq.settings import Schema, check_choices, setting, settings_of
 from fedmq.training import Hyper
 
@@ -41,6 +42,9 @@ class AggregatorConfig:
         0.2, help="Seconds between retained model publishes, at most one each."
     )
     status_interval: float = setting(2.0, help="Seconds between status heartbeats.")
+    progress_interval: float = setting(
+        10.0, help="Seconds between INFO progress lines in the log, at most one each."
+    )
     round_deadline: float = setting(
         30.0, help="A FedAvg round, or a partial FedBuff buffer, closes after this many seconds."
     )
@@ -82,6 +86,7 @@ class AggregatorConfig:
 
     def __post_init__(self) -> None:
         positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
+        positive += ("progress_interval",)
         for name in (*positive, "checkpoint_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError("bad_setting", f"{name} must be > 0, got {getattr(self, name)}")
@@ -179,4 +184,4 @@ def strategy_params(strategy: str, defence: bool, given: Mapping[str, Any]) -> d
     return out
 
 
-SCHEMA = Schema("aggregator", BrokerSettings, AggregatorConfig, StrategyConfig, Hyper)
+SCHEMA = Schema("aggregator", BrokerSettings, AggregatorConfig, StrategyConfig, Hyper, LogSettings)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from aggregator.rejections import RejectionLog
 from fedmq.wire import DeviceLedger
 
 
@@ -22,18 +23,15 @@ class _DeviceCounts:
 
 
 class Counters:
-    """Fleet-wide and per-device tallies; rejections are logged once per reason per minute."""
+    """Fleet-wide and per-device tallies; rejections are logged through ``RejectionLog``."""
 
-    def __init__(self, log: logging.Logger, log_every: float = 60.0) -> None:
-        self.log = log
-        self.log_every = log_every
+    def __init__(self, log: logging.Logger) -> None:
+        self.rejections = RejectionLog(log)
         self.accepted = 0
         self.rejected: Counter = Counter()
         self.bytes_in = 0
         self.devices: dict[str, _DeviceCounts] = {}
         self.dirty: set[str] = set()  # devices whose ledger changed since last published
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: Counter = Counter()
 
     def _device(self, device: str) -> _DeviceCounts:
         now = time.time()
@@ -64,14 +62,7 @@ class Counters:
             d.rejected[reason] += 1
             if seq is not None:
                 d.last_seq = max(d.last_seq, seq)
-        now = time.monotonic()
-        if now - self._last_logged.get(reason, -float("inf")) >= self.log_every:
-            more = self._suppressed.pop(reason, 0)
-            extra = f" (+{more} more since last report)" if more else ""
-            self.log.warning("rejected update [%s]: %s%s", reason, message, extra)
-            self._last_logged[reason] = now
-        else:
-            self._suppressed[reason] += 1
+        self.rejections.note(reason, device, message)
 
     def ledger(self, device: str) -> DeviceLedger:
         d = self.devices[device]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from aggregator.strategies import make_strategy
 from fedmq.config import BrokerSettings
 from fedmq.data import load_dataset
 from fedmq.errors import ConfigError, ModelError
+from fedmq.logs import LogSettings
 from fedmq.model import Arch, init_weights
 from fedmq.spec import parse_spec
 from fedmq.training import Hyper
@@ -72,6 +72,7 @@ def run(config: Path | None, flags: dict[str, Any], *, print_config: bool = Fals
     if print_config:
         print(SCHEMA.resolve(config, flags=flags).to_json())
         return
+    logs = SCHEMA.resolve(config, flags=flags).build(LogSettings)
     agg = build(config, flags)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure()
     asyncio.run(serve(agg))

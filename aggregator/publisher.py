@@ -1,19 +1,17 @@
-"""Model out: the retained global model, its ONNX export, evaluation and history.jsonl.
+"""Model out: the retained global model, its ONNX export, evaluation and history.
 
 Nothing here runs long on the event loop. Building and encoding the model, evaluating
 it and writing history run in threads; the ONNX export runs in a process of its own,
 because ``import onnx`` and its checker hold the GIL for about half a second, which
 would freeze the event loop from any thread.
 
-history.jsonl keeps one line per published version (the publisher publishes at most
-one version per ``publish_interval``) and is bounded by rotation: past
-``HISTORY_MAX_BYTES`` it moves to history.jsonl.1 (then .2, up to ``HISTORY_KEEP``).
+Each new version's evaluation goes to history.jsonl and to the retained summary on
+``fl/{fleet}/aggregator/history`` (``aggregator.history``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import multiprocessing
 import os
@@ -26,6 +24,7 @@ from pathlib import Path
 import aiomqtt
 import numpy as np
 
+from aggregator.history import History, Recent
 from aggregator.intake import Snapshot
 from fedmq.data import Dataset
 from fedmq.model import Arch, Weights, accuracy, loss
@@ -33,8 +32,6 @@ from fedmq.topics import Topics
 from fedmq.training import Hyper
 from fedmq.wire import GlobalModel
 
-HISTORY_MAX_BYTES = 8 * 1024 * 1024
-HISTORY_KEEP = 3
 PARENT_POLL_S = 0.5
 
 
@@ -55,28 +52,6 @@ def finite(value: float | None) -> float | None:
 def make_out_dir(path: Path) -> None:
     """The aggregator's own directory (ledger, history, export): private to its user."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
-class History:
-    """Append-only JSON lines, fsynced, rotated by size."""
-
-    def __init__(self, path: Path, max_bytes: int = HISTORY_MAX_BYTES, keep: int = HISTORY_KEEP):
-        self.path, self.max_bytes, self.keep = path, max_bytes, keep
-
-    def append(self, line: dict) -> None:
-        if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
-            self._rotate()
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _rotate(self) -> None:
-        for i in range(self.keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{i}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
 
 
 def _follow_parent(parent: int) -> None:
@@ -119,6 +94,7 @@ class Publisher:
         self.export_onnx = export_onnx
         self.onnx_path = out_dir / "model.onnx"
         self.history = History(out_dir / "history.jsonl")
+        self.recent = Recent(run, out_dir)
         self.last_eval: Evaluation | None = None
         self.published_version = -1
         self.bytes_out = 0  # payload bytes published (models and ONNX exports)
@@ -177,17 +153,26 @@ class Publisher:
 
     def _evaluate_and_log(self, snap: Snapshot) -> Evaluation | None:
         ev = self._evaluate(snap.version, snap.weights)
-        self.history.append(
-            {
-                "version": snap.version,
-                "time": time.time(),
-                "accuracy": None if ev is None else ev.accuracy,
-                "loss": None if ev is None else ev.loss,
-                "updates_applied": snap.accepted,
-                "bytes_in": snap.bytes_in,
-            }
-        )
+        line = {
+            "version": snap.version,
+            "time": time.time(),
+            "accuracy": None if ev is None else ev.accuracy,
+            "loss": None if ev is None else ev.loss,
+            "updates_applied": snap.accepted,
+            "bytes_in": snap.bytes_in,
+            "run": self.run,
+        }
+        self.history.append(line)
+        self.recent.add(line)
         return ev
+
+    async def publish_history(self, client: aiomqtt.Client) -> None:
+        """The retained recent history, when a version was added since it was last sent."""
+        if not self.recent.changed:
+            return
+        payload = self.recent.summary(time.time()).encode()
+        await client.publish(self.topics.aggregator_history, payload, qos=1, retain=True)
+        self.bytes_out += len(payload)
 
     def _evaluate(self, version: int, weights: Weights) -> Evaluation | None:
         if self.evalset is None:

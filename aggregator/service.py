@@ -28,6 +28,7 @@ from aggregator.deadline import Deadline
 from aggregator.intake import Intake, Outcome, Snapshot
 from aggregator.ledger import Ledger
 from aggregator.metrics import Metrics
+from aggregator.progress import Progress
 from aggregator.publisher import Evaluation, Publisher, make_out_dir
 from aggregator.startup import Held, decide, read_retained_model
 from aggregator.storage import storage_failure, why_offline
@@ -159,6 +160,7 @@ class Aggregator:
             if self.metrics is not None:
                 self.metrics.close()
             self.publisher.close()
+            await self._on_worker(lambda: self.counters.rejections.flush(final=True))
             await self._on_worker(self.intake.close)
 
     async def _serve(self, stop: asyncio.Event) -> None:
@@ -210,8 +212,8 @@ class Aggregator:
         # Subscribe first: devices answer the model at once, and an update published
         # before this subscription exists would be lost.
         await client.subscribe(self.topics.updates_filter, qos=1)
-        if self.metrics is not None:  # fedmq_devices{state}; QoS 0: nothing to ack
-            await client.subscribe(self.topics.device_status_filter, qos=0)
+        # Devices online (the progress line, fedmq_devices{state}); QoS 0: no acks.
+        await client.subscribe(self.topics.device_status_filter, qos=0)
         # The ONNX export waits until after "serving": devices need only the model
         # to get going, and a restart recovers faster.
         model = await self._publish_model(client, export=False)
@@ -224,6 +226,7 @@ class Aggregator:
                 tg.create_task(self._publisher(client, stop)),
                 tg.create_task(self._status_loop(client, stop)),
                 tg.create_task(self._deadlines(stop)),
+                tg.create_task(self._progress_loop(stop)),
                 tg.create_task(self.publisher.publish_onnx(client, model)),
             ]
             await stop.wait()
@@ -293,9 +296,7 @@ class Aggregator:
             client._client.ack(message.mid, message.qos)
 
     def _device_state(self, topic: str, payload: bytes) -> bool:
-        """Count a device status for the metrics; False for anything else (an update)."""
-        if self.metrics is None:
-            return False
+        """Note a device's state (progress, metrics); False for anything else (an update)."""
         try:
             where = parse(topic)
         except TopicError:
@@ -306,8 +307,13 @@ class Aggregator:
             self._states[where.device] = DeviceStatus.decode(payload).state
         except WireError:  # a cleared or damaged status: the device is not counted
             self._states.pop(where.device, None)
-        self.metrics.device_states(Counter(self._states.values()))
+        if self.metrics is not None:
+            self.metrics.device_states(Counter(self._states.values()))
         return True
+
+    @property
+    def devices_online(self) -> int:
+        return sum(state != "offline" for state in self._states.values())
 
     def _timed(self, topic: str, payload: bytes) -> tuple[Outcome, float]:
         start = time.perf_counter()
@@ -393,9 +399,23 @@ class Aggregator:
         snap = await self._on_worker(lambda: self.intake.snapshot(ledgers=True))
         payload = self._status(state, snap).encode()
         await client.publish(self.topics.aggregator_status, payload, qos=1, retain=True)
+        # With the heartbeat, not with each model: at most one summary per status_interval.
+        await self.publisher.publish_history(client)
         for ledger in snap.ledgers:
             topic = self.topics.aggregator_device(ledger.device)
             await client.publish(topic, ledger.encode(), qos=1, retain=True)
+
+    async def _progress_loop(self, stop: asyncio.Event) -> None:
+        """The progress line and the rejection summaries (``aggregator.progress``)."""
+        snap = await self._on_worker(self.intake.snapshot)
+        progress = Progress(log, self.cfg.progress_interval, accepted=snap.accepted)
+        # A hair past due: the loop's timers may fire a clock tick early.
+        while not await wait_event(stop, progress.due_in() + 0.01):
+            snap = await self._on_worker(self.intake.snapshot)
+            ev = self.last_eval
+            accuracy = None if ev is None else ev.accuracy
+            progress.tick(snap.version, accuracy, snap.accepted, self.devices_online)
+            await self._on_worker(self.counters.rejections.flush)
 
     async def _status_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         while not await wait_event(stop, self.cfg.status_interval):  # a heartbeat

@@ -30,6 +30,7 @@ from fedmq.wire import (
     DeviceLedger,
     DeviceStatus,
     GlobalModel,
+    HistorySummary,
     Message,
     Update,
     encode_tensor,
@@ -148,6 +149,18 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
         "a device ledger",
         lambda: DeviceLedger(
             "pi-07", 40, {"too_stale": 2}, 41, 1, 10_000, 1767220000.0, 1767225600.5
+        ),
+    ),
+    "history": (
+        "an aggregator history summary: three versions, the first not evaluated",
+        lambda: HistorySummary(
+            RUN,
+            [0, 1, 3],
+            [1767225000.0, 1767225000.5, 1767225001.25],
+            [None, 0.5, 0.875],
+            [None, 1.5, 0.25],
+            [0, 10, 31],
+            1767225002.0,
         ),
     ),
 }

@@ -13,6 +13,7 @@ from typing import Any
 
 from fedmq.config import BrokerConfig, BrokerSettings, fleet_setting, keepalive_setting
 from fedmq.errors import ConfigError
+from fedmq.logs import LogSettings
 from fedmq.settings import Resolved, Schema, check_choices, setting
 from fedmq.topics import validate_device_id, validate_fleet
 
@@ -66,7 +67,7 @@ class AgentConfig:
             raise ConfigError("bad_setting", "max_train_seconds must be a positive number")
 
 
-SCHEMA = Schema("agent", BrokerSettings, AgentConfig)
+SCHEMA = Schema("agent", BrokerSettings, AgentConfig, LogSettings)
 
 
 def resolve_agent_settings(

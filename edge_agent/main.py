@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, NoReturn
 from edge_agent.config import SCHEMA, AgentConfig, load_agent_config, resolve_agent_settings
 from fedmq.data import load_dataset
 from fedmq.errors import ConfigError, FedmqError
+from fedmq.logs import LogSettings
 from fedmq.settings import refuse_password_flag
 
 EXAMPLE = (
@@ -42,11 +42,12 @@ async def serve(cfg: AgentConfig) -> None:
 
 def run(config: Path | None, flags: dict[str, Any], *, print_config: bool = False) -> None:
     """``fedmq agent``: print the effective settings, or run until stopped."""
+    resolved = resolve_agent_settings(config, flags=flags)
     if print_config:
-        print(resolve_agent_settings(config, flags=flags).to_json())
+        print(resolved.to_json())
         return
     cfg = load_agent_config(config, flags=flags)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    resolved.build(LogSettings).configure()
     asyncio.run(serve(cfg))
 
 

@@ -89,6 +89,10 @@ class Topics:
         return f"{self.prefix}/aggregator/status"
 
     @property
+    def aggregator_history(self) -> str:
+        return f"{self.prefix}/aggregator/history"
+
+    @property
     def device_status_filter(self) -> str:
         return f"{self.prefix}/devices/+/status"
 
@@ -118,6 +122,7 @@ KINDS = (
     "update",
     "device_status",
     "aggregator_status",
+    "aggregator_history",
     "aggregator_device",
     "stats",
 )
@@ -143,6 +148,8 @@ def parse(topic: str) -> ParsedTopic:
             return ParsedTopic("device_status", fleet, validate_device_id(device))
         case ["aggregator", "status"]:
             return ParsedTopic("aggregator_status", fleet)
+        case ["aggregator", "history"]:
+            return ParsedTopic("aggregator_history", fleet)
         case ["aggregator", "devices", device]:
             return ParsedTopic("aggregator_device", fleet, validate_device_id(device))
         case ["stats", device]:

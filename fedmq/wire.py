@@ -40,14 +40,17 @@ from fedmq.fields import (
     check_finite,
     optional,
 )
+from fedmq.history import HistorySummary
 from fedmq.model import Arch
 from fedmq.tensors import (
     Tensors,
     check_q8_scale,
     dequantize_q8,
-    encode_tensor,
     quantize_q8,
     weights_digest,
+)
+from fedmq.tensors import (
+    encode_tensor as encode_tensor,  # re-exported: tests and tools encode with it
 )
 from fedmq.training import Hyper
 
@@ -59,6 +62,7 @@ __all__ = [
     "DeviceLedger",
     "DeviceStatus",
     "GlobalModel",
+    "HistorySummary",
     "Message",
     "Update",
     "decode_any",
@@ -346,7 +350,8 @@ class DeviceLedger(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {
-    m.KIND: m for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger)
+    m.KIND: m
+    for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger, HistorySummary)
 }
 
 

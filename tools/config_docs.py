@@ -1,7 +1,8 @@
-"""Write docs/config.md from the settings' declarations: ``python -m tools.config_docs``.
+"""Write docs/config.md and the example deploy/agent.toml and deploy/aggregator.toml from
+the settings' declarations: ``python -m tools.config_docs``.
 
-``--check`` writes nothing and exits 1 when the file is stale (tests/fedmq/test_config.py
-runs the same comparison).
+``--check`` writes nothing and exits 1 when any of them is stale (tests/fedmq/test_config.py
+and tests/tools/test_config_examples.py run the same comparison).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from aggregator.config import SCHEMA as AGGREGATOR
 from edge_agent.config import SCHEMA as AGENT
 from fedmq.settings import SOURCES, Schema, Setting, settings_of, spellings
+from tools import config_examples
 
 COMMAND = "python -m tools.config_docs"
 PATH = Path(__file__).resolve().parent.parent / "docs" / "config.md"
@@ -122,15 +124,20 @@ def _row(s: Setting) -> str:
     return f"| `{s.name}` | {s.type_name} | {default} | {env} | {flag} | {meaning} |"
 
 
+def outputs() -> dict[Path, str]:
+    """Every file this generator writes, and its text."""
+    return {PATH: render(), **config_examples.files([AGENT, AGGREGATOR], COMMAND)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    text = render()
+    wanted = outputs()
     if "--check" in (argv if argv is not None else sys.argv[1:]):
-        current = PATH.read_text(encoding="utf-8") if PATH.exists() else ""
-        if current != text:
-            print(f"{PATH} is stale: run `{COMMAND}`", file=sys.stderr)
-            return 1
-        return 0
-    PATH.write_text(text, encoding="utf-8")
+        stale = [p for p, text in wanted.items() if not p.exists() or p.read_text("utf-8") != text]
+        for path in stale:
+            print(f"{path} is stale: run `{COMMAND}`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in wanted.items():
+        path.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aggregator.deadline import Deadline
+from aggregator.history import History
 from aggregator.intake import Intake
 from aggregator.ledger import Ledger
-from aggregator.publisher import History, make_out_dir
+from aggregator.publisher import make_out_dir
 from aggregator.strategies import make_strategy
 from fedmq.model import Arch, init_weights
 from fedmq.topics import Topics

@@ -9,6 +9,7 @@ import typer
 
 from edge_agent.config import AgentConfig
 from fedmq.config import BrokerSettings
+from fedmq.logs import LogSettings
 from fedmq.settings import refuse_password_flag
 from tools.cli.options import PASSWORD, with_settings
 
@@ -18,7 +19,7 @@ PRINT_CONFIG = typer.Option(
 )
 
 
-@with_settings(BrokerSettings, AgentConfig)
+@with_settings(BrokerSettings, AgentConfig, LogSettings)
 def agent_command(
     config: Path = CONFIG,
     print_config: bool = PRINT_CONFIG,

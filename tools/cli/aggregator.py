@@ -12,6 +12,7 @@ import typer
 from aggregator.config import AggregatorConfig, StrategyConfig
 from fedmq.config import BrokerSettings
 from fedmq.errors import ConfigError
+from fedmq.logs import LogSettings
 from fedmq.settings import refuse_password_flag
 from fedmq.training import Hyper
 from tools.cli.ops_common import FLEET, JSON, TIMEOUT, broker_config, print_json, snapshot
@@ -27,7 +28,7 @@ PRINT_CONFIG = typer.Option(
 aggregator_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 
 
-@with_settings(BrokerSettings, AggregatorConfig, StrategyConfig, Hyper)
+@with_settings(BrokerSettings, AggregatorConfig, StrategyConfig, Hyper, LogSettings)
 def aggregator_command(
     ctx: typer.Context,
     config: Path = CONFIG,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from fedmq.errors import ConfigError
+from fedmq.logs import LogSettings
+from fedmq.settings import given_flags
+from tools.cli.options import with_settings
 
 broker_app = typer.Typer(
     no_args_is_help=False, invoke_without_command=True, rich_markup_mode="markdown"
@@ -14,6 +18,7 @@ broker_app = typer.Typer(
 
 
 @broker_app.callback()
+@with_settings(LogSettings, env=False)
 def broker_command(
     ctx: typer.Context,
     port: int = typer.Option(1883, help="TCP port on 127.0.0.1 (0 picks a free one)."),
@@ -25,6 +30,7 @@ def broker_command(
         None,
         help="Mosquitto config template (default broker_config/dev.conf); Mosquitto only.",
     ),
+    settings: Any = None,
 ) -> None:
     """Run a development broker on 127.0.0.1 until Ctrl-C or SIGTERM.
 
@@ -33,9 +39,12 @@ def broker_command(
     runs in-process instead: MQTT 3.1.1, QoS 0/1, retained messages, last wills and
     persistent sessions held in memory; no TLS, no passwords, no QoS 2. Neither is
     for a real fleet: see broker_config/production.conf.
+
+    Example: `fedmq broker --port 1883 --kind mosquitto`
     """
     if ctx.invoked_subcommand is not None:
         return
+    LogSettings(**given_flags((LogSettings,), settings)).configure()
     from tools.broker import DEV_CONF, EmbeddedBroker, MosquittoBroker, choose_broker
 
     if not 0 <= port <= 65535:
@@ -101,19 +110,14 @@ def add_device_command(
     The password is printed once, alone on stdout (`PW=$(fedmq broker add-device pi-001)`
     works); the password file gets only a salted hash, written by mosquitto_passwd, and
     the ACL the user's rights in its fleet. Mosquitto reads both at start-up and on SIGHUP.
+
+    Example: `fedmq broker add-device pi-001 --fleet farm --password-file /etc/mosquitto/passwd`
     """
     from tools.pki.provision import add_user, describe_access
 
     acl_file = acl_file if acl_file is not None else password_file.with_name("acl")
-    password = add_user(
-        password_file,
-        device_id,
-        fleet=fleet,
-        acl_file=acl_file,
-        role=role,
-        group=group,
-        force=force,
-    )
+    access = {"fleet": fleet, "acl_file": acl_file, "role": role, "group": group}
+    password = add_user(password_file, device_id, force=force, **access)
     what = "new password of" if force else "password for"
     typer.echo(
         f"fedmq broker: {what} {role} {device_id!r} of fleet {fleet!r} in {password_file} "

@@ -9,7 +9,8 @@ import typer
 certs_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
-    help="A private CA for the broker's TLS listener: `init` once, then `issue`.",
+    help="A private CA for the broker's TLS listener: `init` once, then `issue`.\n\n"
+    "Example: `fedmq certs init --dir certs`",
 )
 
 _DIR_HELP = "Directory of the CA and the certificates (created if missing)."
@@ -26,6 +27,8 @@ def init_command(
     Give ca.crt to the broker (`cafile`) and to every client. ca.key signs every
     certificate: keep it off the broker and the devices. Replacing the CA (--force)
     invalidates every certificate it issued.
+
+    Example: `fedmq certs init --dir certs --days 3650`
     """
     from tools.pki.certs import init_ca
 
@@ -55,6 +58,8 @@ def issue_command(
     For the broker: `fedmq certs issue broker --server --host mqtt.example.org`; then set
     its `certfile` and `keyfile` to them. A client certificate is needed only if the
     broker sets `require_certificate true`.
+
+    Example: `fedmq certs issue broker --server --dir certs --host mqtt.example.org`
     """
     from tools.pki.certs import issue
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import typer
@@ -19,7 +20,8 @@ from tools.ops.jsonify import plain
 from tools.ops.retained import follow
 
 fleet_app = typer.Typer(
-    help="The devices of a fleet: state, version held, staleness, contributions.",
+    help="The devices of a fleet: state, version held, staleness, contributions.\n\n"
+    "Example: `fedmq fleet ls --broker mqtt://127.0.0.1:1883 --fleet default`",
     no_args_is_help=True,
 )
 
@@ -28,6 +30,9 @@ STALE_OVER = typer.Option(
     None, "--stale-over", help="Only devices more than N versions behind the current model."
 )
 SORT = typer.Option("device", "--sort", help=f"Sort by one column: {', '.join(COLUMNS)}.")
+# Row keys ``fleet show`` lists under its headline (the rest are in the headline).
+ROW_DETAIL = ("updates_sent", "accepted", "rejected", "samples", "last_loss", "agent_version")
+ROW_DETAIL += ("error", "epsilon")
 STYLE = {"online": "green", "training": "cyan", "idle": "blue", "error": "red", "offline": "dim"}
 
 
@@ -127,8 +132,40 @@ def show_command(
     if json:
         print_json(doc)
         return
-    for key, value in doc.items():
-        typer.echo(f"{key:>14}: {value if value is not None else '-'}")
+    typer.echo(device_text(doc))
+
+
+_TIMES = ("at", "first_seen", "last_seen")
+
+
+def _value(key: str, value: Any, now: float) -> str:
+    if key in _TIMES and isinstance(value, int | float):
+        when = datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+        return f"{when} ({_ago(value, now)})"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "-" if value is None else str(value)
+
+
+def device_text(doc: dict[str, Any], now: float | None = None) -> str:
+    """``fleet show`` for a person: the row, then the full status and the contributions."""
+    now = time.time() if now is None else now
+    behind = "" if doc["staleness"] is None else f", {doc['staleness']} version(s) behind"
+    held = "model unknown" if doc["model_version"] is None else f"model v{doc['model_version']}"
+    lines = [
+        f"{doc['device']}: {doc['state']}, {held}{behind}, last seen {_ago(doc['last_seen'], now)}"
+    ]
+    lines += [f"  {k:<14} {_value(k, doc[k], now)}" for k in ROW_DETAIL if doc.get(k) is not None]
+    for title, key in (("status (retained by the device)", "status"),
+                       ("contributions (the aggregator's ledger)", "contributions")):  # fmt: skip
+        section = doc[key]
+        lines += ["", title + ("" if section else ": none")]
+        lines += [
+            f"  {k:<14} {_value(k, v, now)}" for k, v in (section or {}).items() if k != "device"
+        ]
+    return "\n".join(lines)
 
 
 async def _watch(broker: BrokerConfig, fleet: str, timeout: float, draw: Any) -> None:

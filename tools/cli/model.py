@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json as jsonlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -10,21 +9,33 @@ from typing import Any
 import numpy as np
 import typer
 
+from aggregator.history import read_history
 from fedmq.config import BrokerSettings
 from fedmq.data import Dataset, load_csv
 
 # The same header detection and number parsing as load_csv.
 from fedmq.data.csv_files import _features, _split_header
 from fedmq.data.table import make_table, read_rows, read_table
-from fedmq.errors import ConfigError, DataError, ModelError
+from fedmq.errors import ConfigError, DataError, ModelError, WireError
+from fedmq.history import HistorySummary
 from fedmq.schema import Schema
 from fedmq.wire import GlobalModel
-from tools.cli.ops_common import FLEET, JSON, TIMEOUT, broker_config, print_json, snapshot, topics
+from tools.cli.ops_common import (
+    FLEET,
+    JSON,
+    TIMEOUT,
+    broker_config,
+    print_json,
+    retained,
+    snapshot,
+    topics,
+)
 from tools.cli.options import PASSWORD, with_settings
 from tools.ops import model as ops
 
 model_app = typer.Typer(
-    help="The retained global model: summary, export, predictions, history.",
+    help="The retained global model: summary, export, predictions, history.\n\n"
+    "Example: `fedmq model show --broker mqtt://127.0.0.1:1883 --fleet default`",
     no_args_is_help=True,
 )
 
@@ -60,6 +71,8 @@ def show_command(
         print_json(doc)
         return
     for key, value in doc.items():
+        if key == "epsilon" and value is None:
+            continue  # DP off: nothing to say
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif key == "created_at":
@@ -166,22 +179,27 @@ def predict_command(
 
 def load_history(out_dir: Path) -> list[dict[str, Any]]:
     """history.jsonl (and its rotated parts, oldest first); damaged lines are skipped."""
-    parts = sorted(out_dir.glob("history.jsonl.*"), key=lambda p: -int(p.suffix[1:] or 0))
-    parts = [p for p in parts if p.suffix[1:].isdigit()] + [out_dir / "history.jsonl"]
-    rows = []
-    for part in parts:
-        if not part.is_file():
-            continue
-        for line in part.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = jsonlib.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and isinstance(row.get("version"), int):
-                rows.append(row)
+    rows = read_history(out_dir)
     if not rows:
         raise DataError("no_history", f"{out_dir} holds no history.jsonl with versions")
     return rows
+
+
+def retained_history(settings: Any, password: str | None, fleet: str, timeout: float) -> list:
+    """The points of the aggregator's retained ``aggregator/history`` summary."""
+    t = topics(fleet)
+    raw = retained(broker_config(settings, password), [t.aggregator_history], timeout)
+    payload = raw.get(t.aggregator_history)
+    if payload is None:
+        raise DataError(
+            "no_history",
+            f"the broker retains no history for fleet {fleet!r} (no aggregator has published"
+            " a version yet); --out-dir reads the aggregator's own history.jsonl",
+        )
+    try:
+        return HistorySummary.decode(payload).points()
+    except WireError as exc:
+        raise DataError("bad_history", f"the retained history cannot be read: {exc}") from exc
 
 
 def plot(rows: list[dict[str, Any]], out: Path) -> str:
@@ -214,16 +232,27 @@ def plot(rows: list[dict[str, Any]], out: Path) -> str:
 
 
 @model_app.command("history")
+@with_settings(BrokerSettings)
 def history_command(
-    out_dir: Path = typer.Option(..., "--out-dir", help="The aggregator's --out-dir."),
+    out_dir: Path = typer.Option(
+        None, "--out-dir", help="Read the aggregator's history.jsonl here instead of the broker."
+    ),
     plot_to: Path = typer.Option(None, "--plot", help="Write a PNG plot here."),
+    fleet: str = FLEET,
     json: bool = JSON,
+    timeout: float = TIMEOUT,
+    password: str = PASSWORD,
+    settings: Any = None,
 ) -> None:
-    """The accuracy (or loss) of each version, from the aggregator's history.jsonl.
+    """The accuracy (or loss) of each version: the aggregator's retained summary of its last
+    500 versions, read over MQTT, or with --out-dir its whole history.jsonl.
 
-    Example: `fedmq model history --out-dir fedmq-aggregator --plot docs/img/history.png`
+    Example: `fedmq model history --broker mqtt://127.0.0.1:1883 --plot history.png`
     """
-    rows = load_history(out_dir)
+    if out_dir is not None:
+        rows = load_history(out_dir)
+    else:
+        rows = retained_history(settings, password, fleet, timeout)
     if plot_to is not None:
         metric = plot(rows, plot_to)
         if not json:

@@ -37,8 +37,17 @@ def summary(model: GlobalModel, status: AggregatorStatus | None) -> dict[str, An
             "accuracy": status.last_accuracy,
             "loss": status.last_loss,
         },
-        "epsilon": None if status is None else status.params.get("epsilon"),
+        "epsilon": fleet_epsilon(status),
     }
+
+
+def fleet_epsilon(status: AggregatorStatus | None) -> float | None:
+    """The fleet's ε spent, when DP accounting is on: the status's own field once the wire
+    carries it, else a strategy parameter of that name; None without DP."""
+    if status is None:
+        return None
+    own = getattr(status, "epsilon", None)
+    return own if own is not None else status.params.get("epsilon")
 
 
 def onnx_version(onnx_bytes: bytes) -> int | None:

@@ -41,8 +41,9 @@ _GRANTS = {
         "read {f}/updates/+",
         "read {f}/devices/+/status",
         "read {f}/stats/+",
-        # The models it publishes, its status and the per-device ledgers; it may read
-        # them back (the retained model tells it which version the fleet holds).
+        # The models it publishes, its status, the per-device ledgers and the history
+        # summary (aggregator/history); it may read them back (the retained model tells
+        # it which version the fleet holds).
         "readwrite {f}/model/#",
         "readwrite {f}/aggregator/#",
     ),

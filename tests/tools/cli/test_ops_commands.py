@@ -111,10 +111,23 @@ async def test_the_operator_commands_see_a_running_fleet(
 
         shown = fedmq("fleet", "show", "dev1", *common, "--json")
         assert json.loads(shown.stdout)["contributions"]["device"] == "dev1", shown.stderr
+        shown = fedmq("fleet", "show", "dev2", *common)
+        assert shown.stdout.startswith("dev2: offline, "), shown.stderr
+        assert "contributions (the aggregator's ledger)" in shown.stdout
+        (tmp_path / "fleet-show.txt").write_text(shown.stdout)
 
         model = fedmq("model", "show", *common)
         assert model.returncode == 0 and "version" in model.stdout, model.stderr
         (tmp_path / "model-show.txt").write_text(model.stdout)
+
+        # The history over MQTT: the aggregator's retained summary, no disk needed.
+        retained = fedmq("model", "history", *common, "--json")
+        assert retained.returncode == 0, retained.stderr
+        summary = json.loads(retained.stdout)
+        assert summary[-1]["version"] >= learnt.version and summary[-1]["accuracy"] >= 0.5
+        plotted = fedmq("model", "history", *common, "--plot", str(tmp_path / "history.png"))
+        assert plotted.returncode == 0 and "plotted accuracy of" in plotted.stdout, plotted.stderr
+        assert (tmp_path / "history.png").read_bytes()[:4] == b"\x89PNG"
 
         status = json.loads(fedmq("aggregator", "status", *common, "--json").stdout)
         assert status["strategy"] == "fedasync" and status["accepted"] > 0
@@ -140,6 +153,8 @@ async def test_the_operator_commands_see_a_running_fleet(
         raise
     history = [json.loads(x) for x in (out_dir / "history.jsonl").read_text().splitlines()]
     own = {h["version"]: h["accuracy"] for h in history}
+    # The retained summary says what history.jsonl says, version for version.
+    assert all(own[p["version"]] == p["accuracy"] for p in summary), summary
     # float32 inference against the aggregator's float64: a tie may break differently
     assert abs(pred["accuracy"] - own[pred["version"]]) <= 1 / len(pred["predictions"]) + 1e-9
 
@@ -148,7 +163,7 @@ async def test_the_operator_commands_see_a_running_fleet(
     "command",
     [["fleet", "ls"], ["fleet", "show", "d"], ["model", "show"], ["aggregator", "status"],
      ["inspect", "fl/default/devices/+/status"],
-     ["model", "export", "--format", "npz", "--out", "x"]],
+     ["model", "export", "--format", "npz", "--out", "x"], ["model", "history"]],
 )  # fmt: skip
 def test_an_unreachable_broker_is_one_line_within_the_timeout(command, daemons):
     fedmq = daemons.run
@@ -185,6 +200,13 @@ def test_model_history_plots_accuracy_against_time_and_version(tmp_path: Path, d
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy of 8 versions" in proc.stdout
+
+
+@pytest.mark.broker
+def test_model_history_over_mqtt_without_an_aggregator_is_one_line(mosquitto, fleet, daemons):
+    proc = daemons.run("model", "history", "--broker", mosquitto.url, "--fleet", fleet)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "retains no history" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_model_history_without_history_is_one_line(tmp_path: Path, daemons):
