@@ -23,10 +23,12 @@ creates it) 0700.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +112,8 @@ class Ledger:
             raise ConfigError("bad_ledger", f"cannot open ledger {self.path}: {exc}") from exc
         self._since_checkpoint = self._count_since_checkpoint()
         self._rejected_since_fold = 0
+        self._grouped = False  # inside transaction(): records join its one commit
+        self._reclaim_due = False
 
     def _open_schema(self) -> None:
         (version,) = self.db.execute("PRAGMA user_version").fetchone()
@@ -155,7 +159,7 @@ class Ledger:
         """Commit one event (and a checkpoint when one is due); False for a known (device, seq)."""
         changes = kind != "rejected"
         checkpointed = False
-        with self._transaction():
+        with contextlib.nullcontext() if self._grouped else self._transaction():
             if seq is not None and self._folded(device, seq):
                 return False
             cur = self.db.execute(
@@ -179,9 +183,30 @@ class Ledger:
                 self._rejected_since_fold += 1
                 if self._rejected_since_fold >= self.checkpoint_every:
                     self._fold()  # a flood of rejections alone must not grow the file
-        if checkpointed:
+        if checkpointed and self._grouped:
+            self._reclaim_due = True
+        elif checkpointed:
             self._reclaim()
         return True
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group commit: every ``record`` inside commits in this one transaction, or none.
+
+        One commit per batch instead of one per event is what lets the intake keep up with
+        the broker; the caller acknowledges the batch's messages only after this exits.
+        """
+        if self._grouped:
+            raise RuntimeError("ledger transactions do not nest")
+        with self._transaction():
+            self._grouped = True
+            try:
+                yield
+            finally:
+                self._grouped = False
+        if self._reclaim_due:
+            self._reclaim_due = False
+            self._reclaim()
 
     def checkpoint(self, strategy: Strategy) -> None:
         with self._transaction():

@@ -1,8 +1,9 @@
 """The aggregator daemon's MQTT side: the session, reconnects and acknowledgements.
 
-Every update goes to the ``Intake`` on one worker thread, strictly in arrival order,
-and is acknowledged to the broker only once the intake returned (its ledger record is
-committed by then), so a crash in between makes the broker deliver it again. Besides
+Updates go to the ``Intake`` on one worker thread, strictly in arrival order, in batches
+of what the broker has already delivered (one ledger commit each); each is acknowledged
+to the broker only once the intake returned its batch (its ledger record is committed by
+then), so a crash in between makes the broker deliver it again. Besides
 the receiver, a session runs the publisher (at most one retained model publish per
 ``publish_interval``: ``aggregator.publisher``), the status heartbeat (retained
 AggregatorStatus and per-device ledgers) and the round deadline
@@ -42,6 +43,7 @@ from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 T = TypeVar("T")
+MAX_BATCH = 256  # updates per ledger commit at most (a bound on the work between acks)
 
 __all__ = ["Aggregator", "Evaluation"]
 
@@ -215,15 +217,28 @@ class Aggregator:
     # -- updates in -------------------------------------------------------------------
 
     async def _receive(self, client: aiomqtt.Client, persistent: bool) -> None:
-        async for message in client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            if self._device_state(str(message.topic), payload):
-                continue
-            outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
-            self._outcome(outcome)
-            self._observe(outcome, seconds, len(payload))
-            if persistent and message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+        messages = client.messages
+        async for first in messages:
+            # Everything already delivered goes to the intake as one batch (one ledger
+            # commit); while it is handled, the next batch queues up here.
+            batch = [first]
+            for _ in range(min(len(messages), MAX_BATCH - 1)):
+                batch.append(await anext(messages))
+            updates = []
+            for message in batch:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                if not self._device_state(str(message.topic), payload):
+                    updates.append((str(message.topic), payload))
+            if updates:
+                outcomes, seconds = await self._on_worker(self._timed, updates)
+                for outcome, (_, payload) in zip(outcomes, updates, strict=True):
+                    self._outcome(outcome)
+                    self._observe(outcome, seconds / len(updates), len(payload))
+            # Only now is every record of the batch committed.
+            if persistent:
+                for message in batch:
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)
 
     def _device_state(self, topic: str, payload: bytes) -> bool:
         """Count a device status for the metrics; False for anything else (an update)."""
@@ -242,10 +257,10 @@ class Aggregator:
         self.metrics.device_states(Counter(self._states.values()))
         return True
 
-    def _timed(self, topic: str, payload: bytes) -> tuple[Outcome, float]:
+    def _timed(self, updates: list[tuple[str, bytes]]) -> tuple[list[Outcome], float]:
         start = time.perf_counter()
-        outcome = self.intake.handle(topic, payload)
-        return outcome, time.perf_counter() - start
+        outcomes = self.intake.handle_batch(updates)
+        return outcomes, time.perf_counter() - start
 
     def _observe(self, outcome: Outcome, seconds: float, nbytes: int) -> None:
         if self.metrics is None:
