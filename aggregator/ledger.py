@@ -194,7 +194,9 @@ class Ledger:
         """Group commit: every ``record`` inside commits in this one transaction, or none.
 
         One commit per batch instead of one per event is what lets the intake keep up with
-        the broker; the caller acknowledges the batch's messages only after this exits.
+        the broker; the caller acknowledges the batch's messages only after this exits. On
+        an error everything rolls back while the strategy in memory has moved on: rebuild
+        the intake from the ledger (the daemon stops; the broker redelivers the batch).
         """
         if self._grouped:
             raise RuntimeError("ledger transactions do not nest")
