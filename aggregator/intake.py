@@ -15,6 +15,7 @@ replay itself runs ungated: it repeats decisions already made.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,17 @@ class Intake:
         return Outcome(
             True, produced, self.strategy.version, device=update.device, staleness=staleness
         )
+
+    def handle_batch(self, messages: Sequence[tuple[str, bytes]]) -> list[Outcome]:
+        """``handle`` each in order; their ledger records commit together before this returns.
+
+        The daemon passes what the broker has already delivered, and acknowledges it only
+        after this returns: one SQLite commit per batch instead of per update.
+        """
+        if self.ledger is None:
+            return [self.handle(topic, payload) for topic, payload in messages]
+        with self.ledger.transaction():
+            return [self.handle(topic, payload) for topic, payload in messages]
 
     def _reject(self, exc: UpdateRejected, seq: int | None) -> Outcome:
         self.counters.reject(exc.reason, exc.message, exc.device, seq)

@@ -26,10 +26,12 @@ creates it) 0700.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,8 @@ class Ledger:
             raise storage_failure(exc, what) or ConfigError("bad_ledger", f"{what}: {exc}") from exc
         self._since_checkpoint = self._count_since_checkpoint()
         self._rejected_since_fold = 0
+        self._grouped = False  # inside transaction(): records join its one commit
+        self._reclaim_due = False
 
     def run(self) -> tuple[RunRecord, str | None]:
         """The run this ledger belongs to, and its origin while no start check accepted
@@ -110,7 +114,7 @@ class Ledger:
         """Commit one event (and a checkpoint when one is due); False for a known (device, seq)."""
         changes = kind != "rejected"
         checkpointed = False
-        with self._transaction():
+        with contextlib.nullcontext() if self._grouped else self._transaction():
             if seq is not None and self._folded(device, seq):
                 return False
             cur = self.db.execute(
@@ -134,9 +138,32 @@ class Ledger:
                 self._rejected_since_fold += 1
                 if self._rejected_since_fold >= self.checkpoint_every:
                     self._fold()  # a flood of rejections alone must not grow the file
-        if checkpointed:
+        if checkpointed and self._grouped:
+            self._reclaim_due = True
+        elif checkpointed:
             self._reclaim()
         return True
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group commit: every ``record`` inside commits in this one transaction, or none.
+
+        One commit per batch instead of one per event is what lets the intake keep up with
+        the broker; the caller acknowledges the batch's messages only after this exits. On
+        an error everything rolls back while the strategy in memory has moved on: rebuild
+        the intake from the ledger (the daemon stops; the broker redelivers the batch).
+        """
+        if self._grouped:
+            raise RuntimeError("ledger transactions do not nest")
+        with self._transaction():
+            self._grouped = True
+            try:
+                yield
+            finally:
+                self._grouped = False
+        if self._reclaim_due:
+            self._reclaim_due = False
+            self._reclaim()
 
     def checkpoint(self, strategy: Strategy) -> None:
         with self._transaction():

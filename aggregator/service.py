@@ -1,8 +1,9 @@
 """The aggregator daemon's MQTT side: the session, reconnects and acknowledgements.
 
-Every update goes to the ``Intake`` on one worker thread, strictly in arrival order,
-and is acknowledged to the broker only once the intake returned (its ledger record is
-committed by then), so a crash in between makes the broker deliver it again. Besides
+Updates go to the ``Intake`` on one worker thread, strictly in arrival order, in batches
+of what the broker has already delivered (one ledger commit each); each is acknowledged
+to the broker only once the intake returned its batch (its ledger record is committed by
+then), so a crash in between makes the broker deliver it again. Besides
 the receiver, a session runs the publisher (at most one retained model publish per
 ``publish_interval``: ``aggregator.publisher``), the status heartbeat (retained
 AggregatorStatus and per-device ledgers) and the round deadline
@@ -47,6 +48,7 @@ from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 log = logging.getLogger("fedmq.aggregator")
 FAREWELL_TIMEOUT = 5.0  # seconds to publish the offline status on a failure
 T = TypeVar("T")
+MAX_BATCH = 256  # updates per ledger commit at most (a bound on the work between acks)
 
 __all__ = ["Aggregator", "Evaluation"]
 
@@ -280,20 +282,33 @@ class Aggregator:
     async def _receive(
         self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
     ) -> None:
-        for message in stash:  # what arrived during the start check, not acknowledged yet
-            await self._one(client, persistent, message)
-        async for message in client.messages:
-            await self._one(client, persistent, message)
+        if stash:  # what arrived during the start check, not acknowledged yet
+            await self._batch(client, persistent, stash)
+        messages = client.messages
+        async for first in messages:
+            # Everything already delivered goes to the intake as one batch (one ledger
+            # commit); while it is handled, the next batch queues up here.
+            batch = [first]
+            for _ in range(min(len(messages), MAX_BATCH - 1)):
+                batch.append(await anext(messages))
+            await self._batch(client, persistent, batch)
 
-    async def _one(self, client: aiomqtt.Client, persistent: bool, message: Any) -> None:
-        payload = message.payload if isinstance(message.payload, bytes) else b""
-        if self._device_state(str(message.topic), payload):
-            return
-        outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
-        self._outcome(outcome)
-        self._observe(outcome, seconds, len(payload))
-        if persistent and message.qos > 0:
-            client._client.ack(message.mid, message.qos)
+    async def _batch(self, client: aiomqtt.Client, persistent: bool, batch: list[Any]) -> None:
+        updates = []
+        for message in batch:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if not self._device_state(str(message.topic), payload):
+                updates.append((str(message.topic), payload))
+        if updates:
+            outcomes, seconds = await self._on_worker(self._timed, updates)
+            for outcome, (_, payload) in zip(outcomes, updates, strict=True):
+                self._outcome(outcome)
+                self._observe(outcome, seconds / len(updates), len(payload))
+        # Only now is every record of the batch committed.
+        if persistent:
+            for message in batch:
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)
 
     def _device_state(self, topic: str, payload: bytes) -> bool:
         """Note a device's state (progress, metrics); False for anything else (an update)."""
@@ -315,10 +330,10 @@ class Aggregator:
     def devices_online(self) -> int:
         return sum(state != "offline" for state in self._states.values())
 
-    def _timed(self, topic: str, payload: bytes) -> tuple[Outcome, float]:
+    def _timed(self, updates: list[tuple[str, bytes]]) -> tuple[list[Outcome], float]:
         start = time.perf_counter()
-        outcome = self.intake.handle(topic, payload)
-        return outcome, time.perf_counter() - start
+        outcomes = self.intake.handle_batch(updates)
+        return outcomes, time.perf_counter() - start
 
     def _observe(self, outcome: Outcome, seconds: float, nbytes: int) -> None:
         if self.metrics is None:

@@ -21,7 +21,7 @@ from fedmq.logs import LogSettings
 from fedmq.settings import refuse_password_flag
 
 EXAMPLE = (
-    "example: fedmq agent --broker mqtts://mqtt.example.org:8883 --ca ca.crt "
+    "Example: fedmq agent --broker mqtts://mqtt.example.org:8883 --ca ca.crt "
     "--device pi-001 --data local.csv --password-file pi-001.pw"
 )
 

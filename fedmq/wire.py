@@ -142,7 +142,8 @@ class Update(Message):
         """The delta as float32 arrays (q8: float32(q) x float32(scale), docs/wire.md 3.1)."""
         if self.encoding == "q8":
             return {n: dequantize_q8(a, self.scales[n]) for n, a in self.delta.items()}
-        return {n: a.astype(np.float32) for n, a in self.delta.items()}
+        # No copy for f32: the arrays stay read-only views of the payload (decode_tensor).
+        return {n: a.astype(np.float32, copy=False) for n, a in self.delta.items()}
 
     @classmethod
     def _build(

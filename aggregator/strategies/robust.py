@@ -239,7 +239,10 @@ class Robust(Strategy):
             finite_norm(c)
             norm = 0.0
         else:
-            screened, norm = self.norm_bound.screen(screened, global_norm(self.inner.weights))
+            # The model's norm only matters until the median bound is warm.
+            warm = self.norm_bound.warm()
+            model_norm = None if warm else global_norm(self.inner.weights)
+            screened, norm = self.norm_bound.screen(screened, model_norm)
         produced = self.inner.apply(screened)
         # Only reached when the inner strategy accepted it.
         if self.norm_bound is not None:

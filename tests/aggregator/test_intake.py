@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,3 +130,37 @@ def test_the_out_dir_is_private_to_its_user(tmp_path):
     out = tmp_path / "runs" / "aggregator"
     make_out_dir(out)
     assert out.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_batch_commits_once_and_resumes_like_single_updates(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    live = _intake("fedasync", Ledger(path, checkpoint_every=3))
+    batch = [(TOPICS.update("a"), _update("a", seq, base=seq)) for seq in range(7)]
+    batch.insert(3, (TOPICS.update("a"), _update("a", 2, base=3)))  # a redelivery
+    seen: list[int] = []
+
+    def watch(sql: str) -> None:
+        seen.append(1) if sql.strip().upper() == "COMMIT" else None
+
+    live.ledger.db.set_trace_callback(watch)
+    outcomes = live.handle_batch(batch)
+    live.ledger.db.set_trace_callback(None)
+    assert [o.applied for o in outcomes] == [True] * 3 + [False] + [True] * 4
+    assert outcomes[3].reason == "duplicate_seq"
+    assert len(seen) == 1  # one commit for the batch, checkpoints included
+    again = _intake("fedasync", Ledger(path, checkpoint_every=3))
+    assert again.strategy.version == live.strategy.version == 7
+    for name, value in live.strategy.weights.items():
+        np.testing.assert_array_equal(value, again.strategy.weights[name])
+
+
+def test_a_batch_that_fails_leaves_none_of_its_records(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    live = _intake("fedasync", Ledger(path, checkpoint_every=100))
+    live.handle(TOPICS.update("a"), _update("a", 0))
+    with pytest.raises(ZeroDivisionError), live.ledger.transaction():
+        live.handle(TOPICS.update("a"), _update("a", 1, base=1))
+        raise ZeroDivisionError  # e.g. the disk filled up before the commit
+    again = _intake("fedasync", Ledger(path, checkpoint_every=100))
+    assert again.strategy.version == 1  # the broker, never acked, delivers seq 1 again
+    assert again.handle(TOPICS.update("a"), _update("a", 1, base=1)).applied
