@@ -8,7 +8,8 @@ embedded one), digits split Dirichlet 0.3, per-device delays lognormal:0.05,1.0.
 seed fixes the split, the delays and the initial weights, so every strategy sees the
 same devices, data and delays. Sync FedAvg is the baseline measured in the same run,
 and the same MLP trained centrally is the ceiling. Defences stay on throughout (the
-norm bound and the claim cap; ``aggregator.service`` installs no ``ModelGate`` yet).
+norm bound and the claim cap; the model gate is wired into the intake on main after
+this branch started, so these figures are without it).
 
 Wall-clock figures depend on the machine's load: the table records the machine.
 ``--quick`` runs a tiny fleet for a few seconds (the suite checks only that it completes
@@ -195,7 +196,8 @@ def table(r: dict[str, Any]) -> str:
         f"one broker ({r['runs'][0]['broker'].split()[0] if r['runs'] else '?'}); "
         f"partition {f['partition']}, delays {f['delays']}, seed {f['seed']} (split, delays, "
         f"initial weights); {f['budget_s']:g} s per strategy; defences on (norm bound 4x the "
-        f"median, claim cap 10x; the service installs no model gate today). {f['split']}. "
+        f"median, claim cap 10x; no model gate: this branch predates the gate wiring merged "
+        f"to main as gatewire). {f['split']}. "
         "Wall time on a shared, loaded machine: compare rows of one run, not runs.",
         "",
         "| strategy | parameters | to 0.90 | to 0.95 | best | final | versions | rejected |",
