@@ -123,6 +123,19 @@ class StrategyConfig:
     )
     k: int = setting(10, help="FedBuff buffer size K.", applies=("fedbuff",))
     server_lr: float = setting(1.0, help="Server learning rate η_g.", applies=("fedbuff", "fedavg"))
+    server_opt: str = setting(
+        "none", help="FedBuff server optimizer on the buffer's mean (Reddi et al. 2021).",
+        choices=("none", "momentum", "adam", "yogi"), applies=("fedbuff",),
+    )  # fmt: skip
+    server_beta1: float = setting(
+        0.9, help="Server momentum / first-moment decay β1.", applies=("fedbuff",)
+    )
+    server_beta2: float = setting(
+        0.99, help="FedAdam/FedYogi second-moment decay β2.", applies=("fedbuff",)
+    )
+    server_tau: float = setting(
+        1e-3, help="FedAdam/FedYogi adaptivity τ (v starts at τ²).", applies=("fedbuff",)
+    )
     clients_per_round: int = setting(
         10, help="FedAvg: reports that close a round.", applies=("fedavg",)
     )

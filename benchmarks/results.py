@@ -94,3 +94,16 @@ def command_line(name: str, argv: Sequence[str]) -> str:
 
 def python() -> str:
     return sys.executable
+
+
+def replace_section(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between this benchmark's markers, appending them the first time."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Recorded results\n"
+    block = f"{start}\n{body}{end}\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)

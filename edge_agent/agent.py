@@ -41,6 +41,7 @@ from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.data import Dataset
 from fedmq.errors import FedmqError
+from fedmq.feedback import ErrorFeedback
 from fedmq.identity import client_id
 from fedmq.model import Weights
 from fedmq.topics import Topics
@@ -78,6 +79,7 @@ class Agent:
         self._state = "online"
         self._error: tuple[str, str] | None = None  # (reason, message) of the last refusal
         self.limits = Limits(cfg.max_epochs, cfg.max_batch)
+        self.feedback = ErrorFeedback(cfg.error_feedback)
         self.connected = asyncio.Event()
 
     def _status(self, state: str) -> DeviceStatus:
@@ -270,7 +272,7 @@ class Agent:
             await asyncio.sleep(remaining)
         self._last_loss = stats.loss
         seq = self.seqs.reserve()
-        return Update.from_delta(
+        return self.feedback.encode(
             delta,
             encoding=self.cfg.encoding,
             device=self.cfg.device,

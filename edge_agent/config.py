@@ -35,6 +35,9 @@ class AgentConfig:
     label: str = setting("label", help="Label column of a CSV data file.")
     task: str = setting("classification", help="What the model learns.", choices=TASKS)
     encoding: str = setting("f32", help="Encoding of the updates sent.", choices=ENCODINGS)
+    error_feedback: bool = setting(
+        True, help="Carry f16/q8 rounding error into the next update instead of losing it."
+    )
     keepalive: int = keepalive_setting()
     timeout: float = setting(10.0, help="Seconds an MQTT operation may take before it fails.")
     backoff_base: float = setting(0.5, help="First reconnect delay in seconds (then doubles).")

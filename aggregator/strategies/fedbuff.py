@@ -1,7 +1,9 @@
 """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation").
 
 Deltas are buffered; each is scaled by ``1 / sqrt(1 + tau)`` and weighted by its
-sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1.
+sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1,
+or, with ``server_opt``, the mean is a pseudo-gradient for server momentum, FedAdam or
+FedYogi (``aggregator.strategies.serveropt``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy, quiet
+from aggregator.strategies.serveropt import ServerOptimizer
 from fedmq.errors import ConfigError, UpdateRejected
 
 if TYPE_CHECKING:
@@ -31,6 +34,10 @@ class FedBuff(Strategy):
         k: int = Defaults.k,
         server_lr: float = Defaults.server_lr,
         max_staleness: int = Defaults.max_staleness,
+        server_opt: str = Defaults.server_opt,
+        server_beta1: float = Defaults.server_beta1,
+        server_beta2: float = Defaults.server_beta2,
+        server_tau: float = Defaults.server_tau,
     ) -> None:
         super().__init__(weights, version)
         if k < 1:
@@ -46,6 +53,14 @@ class FedBuff(Strategy):
         self.server_lr = float(server_lr)
         self.max_staleness = int(max_staleness)
         self._buffer: list[tuple[float, int, Mapping[str, np.ndarray]]] = []
+        self.opt = ServerOptimizer(
+            self._weights,
+            server_opt,
+            lr=self.server_lr,
+            beta1=server_beta1,
+            beta2=server_beta2,
+            tau=server_tau,
+        )
 
     @property
     def pending(self) -> int:
@@ -79,12 +94,11 @@ class FedBuff(Strategy):
     def flush(self) -> bool:
         if not self._buffer:
             return False
-        eta = np.float32(self.server_lr)
+        with quiet():
+            candidate, moments = self.opt.candidate(self._weights, self.combine())
         try:
-            with quiet():
-                mean = self.combine()
-                new = {k: (x + eta * mean[k]).astype(np.float32) for k, x in self._weights.items()}
-            self._publish(new)
+            self._publish(candidate)
+            self.opt.commit(moments)
         finally:  # a refused candidate takes its buffer with it (see Strategy)
             self.discard_pending()
         return True
@@ -93,14 +107,20 @@ class FedBuff(Strategy):
         self._buffer.clear()
 
     def params(self) -> dict[str, Any]:
-        return {"k": self.k, "server_lr": self.server_lr, "max_staleness": self.max_staleness}
+        return {
+            "k": self.k,
+            "server_lr": self.server_lr,
+            "max_staleness": self.max_staleness,
+            **self.opt.params(),
+        }
 
     def _buffers(self) -> dict[str, Any]:
         return {
             "buffer": [
                 {"scale": float(scale), "samples": n, "delta": dict(delta)}
                 for scale, n, delta in self._buffer
-            ]
+            ],
+            **self.opt.state(),
         }
 
     def _load_buffers(self, s: StateReader) -> None:
@@ -108,3 +128,4 @@ class FedBuff(Strategy):
             (e.number("scale"), e.integer("samples", lo=1), e.tensors("delta", like=self._weights))
             for e in s.items("buffer", self.k - 1)
         ]
+        self.opt.load(s, self._weights)

@@ -26,6 +26,13 @@ SPECS = {
     "fedasync-hinge": ("fedasync", {"staleness": "hinge:0.3,1", "alpha": 0.7}),
     "fedbuff": ("fedbuff", {"k": 3, "max_staleness": 3}),
     "fedavg": ("fedavg", {"clients_per_round": 3}),
+    "fedbuff-momentum": ("fedbuff", {"k": 2, "server_opt": "momentum", "server_beta1": 0.8}),
+    "fedbuff-adam": ("fedbuff", {"k": 2, "server_opt": "adam", "server_lr": 0.05}),
+    "robust-fedbuff-yogi": (
+        "fedbuff",
+        {"k": 3, "defence": True, "trim": 0.0, "server_opt": "yogi", "server_lr": 0.05},
+    ),
+    "robust-trimmed-adam": ("fedbuff", {"k": 4, "defence": True, "server_opt": "adam"}),
     "robust-trimmed": ("fedbuff", {"k": 4, "defence": True}),
     "robust-fedbuff": ("fedbuff", {"k": 3, "defence": True, "trim": 0.0}),
     "robust-fedasync-clip": ("fedasync", {"defence": True, "norm_mode": "clip"}),
@@ -129,6 +136,37 @@ def test_fedasync_keeps_its_versions_and_fedbuff_its_buffer():
     fb = fresh("fedbuff")
     drive(fb, [Step(1, 0, 5, 1.0, i, False) for i in range(5)])
     assert decode_checkpoint(encode_checkpoint(fb)).pending == fb.pending == 2
+
+
+@pytest.mark.parametrize("spec", ["fedbuff-momentum", "fedbuff-adam", "robust-fedbuff-yogi"])
+def test_server_optimizer_moments_are_checkpointed_and_change_the_next_step(spec):
+    s = fresh(spec)
+    drive(s, [Step(1, 0, 5, 1.0, i, False) for i in range(4)])
+    inner = s.inner if isinstance(s, Robust) else s
+    assert inner.version == (2 if inner.k == 2 else 1)
+    assert any(np.any(m != 0) for m in inner.opt.m.values())
+    back = decode_checkpoint(encode_checkpoint(s), fresh(spec))
+    back_inner = back.inner if isinstance(back, Robust) else back
+    for name, m in inner.opt.m.items():
+        assert m.tobytes() == back_inner.opt.m[name].tobytes()
+    for name, v in inner.opt.v.items():
+        assert v.tobytes() == back_inner.opt.v[name].tobytes()
+    # Forgetting the moments would change the next version: the state carries weight.
+    plan = [Step(1, 0, 5, 1.0, 100 + i, False) for i in range(4)]
+    forgetful = decode_checkpoint(encode_checkpoint(s), fresh(spec))
+    f_inner = forgetful.inner if isinstance(forgetful, Robust) else forgetful
+    f_inner.opt.m = {k: np.zeros_like(m) for k, m in f_inner.opt.m.items()}
+    drive(s, plan)
+    drive(forgetful, plan)
+    assert any(s.weights[k].tobytes() != forgetful.weights[k].tobytes() for k in SHAPES)
+
+
+def test_a_checkpoint_without_the_moments_is_refused():
+    body = msgpack.unpackb(encode_checkpoint(fresh("fedbuff-adam")), raw=False)
+    del body["state"]["opt_v"]
+    with pytest.raises(ConfigError) as err:
+        decode_checkpoint(_pack(body), fresh("fedbuff-adam"))
+    assert err.value.reason == "bad_checkpoint"
 
 
 def _body(spec: str = "robust-trimmed", updates: int = 6) -> dict:

@@ -81,6 +81,9 @@ def simulate_command(
     encoding: str = typer.Option(
         "f32", help="How devices put their deltas on the wire: f32 | f16 | q8."
     ),
+    error_feedback: bool = typer.Option(
+        True, help="Devices carry f16/q8 rounding error into their next update."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     settings: Any = None,
 ) -> None:

@@ -12,9 +12,8 @@ trained on yet; when it finishes and no newer version exists, it waits for one.
 Synchronous FedAvg instead starts a round by sampling idle devices and closes it when
 all selected devices reported or the round deadline passed.
 
-A fraction of the devices can be malicious (``tools.sim.attacks.ATTACKS`` says what
-each sends); the strategy is wrapped in its defences (``aggregator.strategies.robust``) unless
-``defence=False``.
+A fraction of the devices can be malicious (``tools.sim.attacks.ATTACKS``); the strategy
+is wrapped in its defences (``aggregator.strategies.robust``) unless ``defence=False``.
 """
 
 from __future__ import annotations
@@ -36,10 +35,11 @@ from aggregator.deadline import Deadline
 from aggregator.intake import Intake
 from aggregator.strategies import Strategy, make_strategy
 from fedmq.errors import ConfigError
+from fedmq.feedback import ErrorFeedback
 from fedmq.model import Weights, accuracy, init_weights, loss
 from fedmq.topics import Topics
 from fedmq.training import Hyper, train_local
-from fedmq.wire import ENCODINGS, Update
+from fedmq.wire import ENCODINGS
 from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
@@ -73,6 +73,7 @@ class SimConfig:
     attack: str = "signflip"
     defence: bool = StrategyConfig.defence  # wrap it in its defences (strategies.robust)
     encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8
+    error_feedback: bool = True  # each device carries its rounding error (fedmq.feedback)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -82,9 +83,7 @@ class SimConfig:
         if self.round_deadline is not None and not self.round_deadline > 0:
             raise ConfigError("bad_deadline", "--round-deadline must be positive")
         if not 0.0 <= self.malicious <= 1.0:  # also refuses NaN
-            raise ConfigError(
-                "bad_malicious", f"--malicious must be a fraction from 0 to 1, got {self.malicious}"
-            )
+            raise ConfigError("bad_malicious", f"--malicious must be in [0, 1]: {self.malicious}")
         if self.attack not in ATTACKS:
             raise ConfigError(
                 "bad_attack", f"unknown attack {self.attack!r}: use one of {', '.join(ATTACKS)}"
@@ -100,6 +99,7 @@ class _Device:
     y: np.ndarray
     delay: float
     rng: np.random.Generator
+    feedback: ErrorFeedback
     trained_on: int = -1
     busy: bool = False
     malicious: bool = False
@@ -187,8 +187,7 @@ def _poison_tolerant(cfg: SimConfig) -> Iterator[None]:
 
 
 def _hyper(task: Task, cfg: SimConfig) -> Hyper:
-    base = task.hyper.__dict__ | cfg.hyper
-    return Hyper(**base)
+    return Hyper(**(task.hyper.__dict__ | cfg.hyper))
 
 
 Progress = Callable[[float, int, float], None]
@@ -221,9 +220,10 @@ class _Simulation:
         self.hyper = _hyper(self.task, cfg)
         delays = DelayModel.parse(cfg.delays).per_device(cfg.devices, rng)
         parts = partition(cfg.partition, self.task.train.y, cfg.devices, rng)
+        train, ef = self.task.train, cfg.error_feedback  # one residual per device
         self.devices = [
-            _Device(i, self.task.train.x[idx], self.task.train.y[idx], float(delays[i]), rng_i)
-            for i, (idx, rng_i) in enumerate(zip(parts, rng.spawn(cfg.devices), strict=True))
+            _Device(i, train.x[idx], train.y[idx], float(delays[i]), r, ErrorFeedback(ef))
+            for i, (idx, r) in enumerate(zip(parts, rng.spawn(cfg.devices), strict=True))
         ]
         for i in pick_malicious(cfg.devices, cfg.malicious, cfg.seed):
             self.devices[i].malicious = True
@@ -329,7 +329,7 @@ class _Simulation:
             delta, stats = train_local(arch, base, dev.x, dev.y, hyper, dev.rng)
             steps = stats.steps
         nan = dev.malicious and self.cfg.attack == "nan"
-        update = Update.from_delta(
+        update = dev.feedback.encode(
             {k: np.zeros_like(v) for k, v in delta.items()} if nan else delta,
             encoding=self.cfg.encoding,
             device=dev.name,
