@@ -39,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/out"))
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--budget", type=float, default=15.0, help="virtual seconds per encoding")
     p.add_argument("--seed", type=int, default=0)
@@ -103,8 +104,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for run in report["runs"]:
         run["bytes_ratio"] = round(run["bytes_per_update"] / base["bytes_per_update"], 3)
         run["accuracy_vs_f32"] = round(run["final_accuracy"] - base["final_accuracy"], 4)
-    name = "compression-quick.json" if args.quick else "compression.json"
-    write_report(Path("benchmarks/out") / name, report)
+    write_report(args.out_dir / "compression.json", report)
     if not args.quick:
         replace_section(Path("benchmarks/RESULTS.md"), "compression", table(report))
     print(json.dumps(report) if args.json else table(report))

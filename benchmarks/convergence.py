@@ -69,6 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a tiny fleet for a few seconds")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/out"))
     p.add_argument("--devices", type=int, default=50)
     p.add_argument("--partition", default="dirichlet:0.3")
     p.add_argument("--delays", default="lognormal:0.05,1.0")
@@ -172,8 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with broker(args.quick) as url:
         for label, strategy, params in configs:
             report["runs"].append(run_one(label, strategy, params, args, url))
-    name = "convergence-quick.json" if args.quick else "convergence.json"
-    write_report(Path("benchmarks/out") / name, report)
+    write_report(args.out_dir / "convergence.json", report)
     if not args.quick:
         replace_section(RESULTS, "convergence", table(report))
         plot(report, PLOT)
