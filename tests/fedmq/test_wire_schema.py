@@ -50,7 +50,8 @@ def test_a_schema_arch_round_trips_and_its_digest_differs_from_v1(schema: Schema
 JUNK = st.one_of(
     st.none(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=5),
     st.lists(st.integers(0, 9), max_size=3),
-    st.lists(st.text(max_size=3), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(0, 9)),
+    st.lists(st.text(max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(0, 9)),
 )  # fmt: skip
 
 
