@@ -179,10 +179,6 @@ def _invalid() -> dict[str, tuple[str, str, str, bytes]]:
     delta = dict(u.delta)
     f16 = {k: v.astype(np.float16) for k, v in delta.items()}
     tanh = {**ARCH.to_dict(), "activation": "tanh"}
-    ms = _model(Arch("mlp", (3, 4, 2), schema=SCHEMA))
-    msb = _body(ms)
-    renamed = {**ms.arch.to_dict(), "schema": {**msb["arch"]["schema"], "label": "state"}}
-    three = {**ms.arch.to_dict(), "schema": {**msb["arch"]["schema"], "classes": ["a", "b", "c"]}}
     cases = [
         ("dup_top_key", "seq twice at the top", "update", "duplicate_key",
          _pairs([*ub.items(), ("seq", 42)])),
@@ -231,6 +227,18 @@ def _invalid() -> dict[str, tuple[str, str, str, bytes]]:
          _pack(_body(m, digest="0" * 64))),
         ("digest_other_arch", "same weights, the arch says tanh", "global_model", "bad_digest",
          _pack({**mb, "arch": tanh})),
+    ]  # fmt: skip
+    cases += _invalid_schema(m)
+    return {name: (desc, kind, reason, data) for name, desc, kind, reason, data in cases}
+
+
+def _invalid_schema(m: GlobalModel) -> list[tuple[str, str, str, str, Any]]:
+    """Defects of ``arch.schema``; ``m`` is the same model without a schema."""
+    ms = _model(Arch("mlp", (3, 4, 2), schema=SCHEMA))
+    msb = _body(ms)
+    renamed = {**ms.arch.to_dict(), "schema": {**msb["arch"]["schema"], "label": "state"}}
+    three = {**ms.arch.to_dict(), "schema": {**msb["arch"]["schema"], "classes": ["a", "b", "c"]}}
+    return [
         ("digest_other_label", "a schema-carrying arch, the label renamed", "global_model",
          "bad_digest", _pack({**msb, "arch": renamed})),
         ("schema_three_classes", "a schema with 3 classes for a 2-output model",
@@ -238,7 +246,6 @@ def _invalid() -> dict[str, tuple[str, str, str, bytes]]:
         ("schema_no_digest_v1", "a schema arch with the v1 digest of the same model",
          "global_model", "bad_digest", _pack({**msb, "digest": m.digest})),
     ]  # fmt: skip
-    return {name: (desc, kind, reason, data) for name, desc, kind, reason, data in cases}
 
 
 # -- expected JSON -------------------------------------------------------------------

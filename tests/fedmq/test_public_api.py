@@ -16,6 +16,8 @@ MQTT = ("paho", "aiomqtt")
 CONTRACT = {"fedmq._version", "fedmq.errors", "fedmq.model", "fedmq.topics", "fedmq.training"}
 # Hyper is declared with fedmq.settings, the one source of every setting.
 CONTRACT |= {"fedmq.wire", "fedmq.fields", "fedmq.tensors", "fedmq.settings"}
+# A model's arch may carry the fleet's data schema (docs/wire.md 3.2).
+CONTRACT |= {"fedmq.schema"}
 
 
 def test_import_fedmq_loads_only_the_contract():
