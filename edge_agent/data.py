@@ -38,6 +38,8 @@ class LocalData:
             # (text class names, a label column named otherwise) wait for the model's.
             if path.suffix.lower() != ".csv" or exc.reason not in DEFERRABLE:
                 raise
+            if exc.reason != "no_label":
+                Schema.from_csv(path, label)  # a damaged feature cell still stops the agent
             return cls(path, None, exc.message)
 
     @property

@@ -109,3 +109,16 @@ async def test_a_data_mismatch_is_an_error_status_then_a_fitting_model_trains(
     assert error.message and "\n" not in error.message and "Traceback" not in error.message
     assert update.base_version == 4 and update.num_samples == len(labels)
     assert idle.reason is None and idle.model_version == 4
+
+
+def test_text_labels_wait_for_a_schema_but_a_damaged_feature_cell_stops_the_agent(tmp_path):
+    from fedmq.errors import DataError
+
+    waiting = LocalData.open(_csv(tmp_path / "ok.csv", TEXT), "activity", "classification")
+    assert waiting.plain is None and waiting.samples == 0
+    assert len(waiting.for_model(_with(GOOD), 1)) == len(TEXT)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("lux,activity,temp_c\n1000,idle,warm\n1010,run,21\n")
+    with pytest.raises(DataError) as err:
+        LocalData.open(bad, "activity", "classification")
+    assert "warm" in str(err.value)
