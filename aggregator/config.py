@@ -29,10 +29,14 @@ class AggregatorConfig:
 
     broker: BrokerConfig  # built from BrokerSettings; not a setting itself
     model: str | None = setting(
-        None, help="Architecture of the global model: mlp:64,32,10:relu or linear:1,1.",
+        None, help="Architecture of the global model: mlp:64,32,10:relu or linear:1,1 "
+        "(with --schema, the hidden widths are enough: mlp:32).",
         required=True,
     )  # fmt: skip
     fleet: str = fleet_setting()
+    schema: Path | None = setting(
+        None, help="The fleet's data schema (fedmq data schema); carried to devices in the model."
+    )
     eval: Path | None = setting(None, help="Held-out .csv/.npz to evaluate each version on.")
     seed: int = setting(0, help="Seed of the initial weights.")
     out_dir: Path = setting(

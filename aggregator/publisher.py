@@ -27,6 +27,7 @@ import numpy as np
 from aggregator.history import History, Recent
 from aggregator.intake import Snapshot
 from fedmq.data import Dataset
+from fedmq.errors import ConfigError
 from fedmq.model import Arch, Weights, accuracy, loss
 from fedmq.topics import Topics
 from fedmq.training import Hyper
@@ -50,8 +51,16 @@ def finite(value: float | None) -> float | None:
 
 
 def make_out_dir(path: Path) -> None:
-    """The aggregator's own directory (ledger, history, export): private to its user."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """The aggregator's own directory (ledger, history, export): private to its user;
+    ConfigError ``bad_out_dir`` when it is a file or cannot be created."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError("bad_out_dir", f"--out-dir {path} is a file, not a directory")
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            "bad_out_dir", f"--out-dir {path} cannot be created ({exc.strerror or exc})"
+        ) from exc
 
 
 def _follow_parent(parent: int) -> None:

@@ -24,6 +24,7 @@ import msgpack
 import numpy as np
 
 from fedmq.model import Arch
+from fedmq.schema import Schema
 from fedmq.training import Hyper
 from fedmq.wire import (
     AggregatorStatus,
@@ -40,6 +41,7 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "wire-vectors"
 ARCH = Arch("mlp", (3, 4, 2))
 RUN = "0f1e2d3c4b5a6978"
 HYPER = Hyper(lr=0.05, epochs=2, batch=16, mu=0.01, clip=1.5, noise=0.5)
+SCHEMA = Schema(("temp_c", "lux", "rpm"), "activity", "classification", ("idle", "running"))
 
 
 def _values(arch: Arch, step: int) -> dict[str, np.ndarray]:
@@ -101,6 +103,10 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
     "global_model_linear": (
         "a linear global model, hyper without noise",
         lambda: _model(Arch("linear", (3, 1)), Hyper()),
+    ),
+    "global_model_schema": (
+        "an MLP global model whose arch carries the fleet's schema (digest version 2)",
+        lambda: _model(Arch("mlp", (3, 4, 2), schema=SCHEMA)),
     ),
     "device_status": (
         "a device status",
@@ -258,7 +264,24 @@ def _invalid() -> dict[str, tuple[str, str, str, bytes]]:
         ("digest_other_arch", "same weights, the arch says tanh", "global_model", "bad_digest",
          _pack({**mb, "arch": tanh})),
     ]  # fmt: skip
+    cases += _invalid_schema(m)
     return {name: (desc, kind, reason, data) for name, desc, kind, reason, data in cases}
+
+
+def _invalid_schema(m: GlobalModel) -> list[tuple[str, str, str, str, Any]]:
+    """Defects of ``arch.schema``; ``m`` is the same model without a schema."""
+    ms = _model(Arch("mlp", (3, 4, 2), schema=SCHEMA))
+    msb = _body(ms)
+    renamed = {**ms.arch.to_dict(), "schema": {**msb["arch"]["schema"], "label": "state"}}
+    three = {**ms.arch.to_dict(), "schema": {**msb["arch"]["schema"], "classes": ["a", "b", "c"]}}
+    return [
+        ("digest_other_label", "a schema-carrying arch, the label renamed", "global_model",
+         "bad_digest", _pack({**msb, "arch": renamed})),
+        ("schema_three_classes", "a schema with 3 classes for a 2-output model",
+         "global_model", "bad_value", _pack({**msb, "arch": three})),
+        ("schema_no_digest_v1", "a schema arch with the v1 digest of the same model",
+         "global_model", "bad_digest", _pack({**msb, "digest": m.digest})),
+    ]  # fmt: skip
 
 
 # -- expected JSON -------------------------------------------------------------------

@@ -34,6 +34,7 @@ from edge_agent.checks import (
     read_model,
 )
 from edge_agent.config import AgentConfig
+from edge_agent.data import LocalData
 from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
@@ -64,9 +65,10 @@ class AgentStats:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, data: Dataset) -> None:
+    def __init__(self, cfg: AgentConfig, data: Dataset | LocalData) -> None:
         self.cfg = cfg
-        self.data = data
+        self.local = data if isinstance(data, LocalData) else LocalData(None, data)
+        self.data: Dataset | None = self.local.plain  # what the latest model trains on
         self.topics = Topics(cfg.fleet)
         self.seqs = SeqStore(cfg.state_dir)
         self.stats = AgentStats()
@@ -89,7 +91,7 @@ class Agent:
             state=state,
             agent_version=__version__,
             model_version=self._latest.version if self._latest else -1,
-            samples=len(self.data),
+            samples=self.local.samples,
             last_seq=self.seqs.last,
             last_loss=self._last_loss,
             cpu=self.meter.cpu_percent(),
@@ -175,7 +177,8 @@ class Agent:
 
     async def _on_model(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
-            model = read_model(payload, self.data.x.shape[1], self.limits)
+            model = read_model(payload, None, self.limits)
+            data = self.local.for_model(model.arch, model.version)
         except FedmqError as exc:
             self.stats.bad_models += 1
             self._record_error(exc.reason, exc.message)
@@ -185,6 +188,7 @@ class Agent:
         self.stats.models_received += 1
         if follows(self._latest, model):
             self._latest = model
+            self.data = data
             self._error = None
             self._new_model.set()
 
@@ -243,6 +247,7 @@ class Agent:
 
     def _local_run(self, model: GlobalModel, stop: threading.Event) -> tuple[Weights, TrainStats]:
         """Local training (in a worker thread, so keepalives go on)."""
+        assert self.data is not None  # set with the model it fits
         # Huge weights overflow; check_result turns that into an error, not a warning.
         with np.errstate(all="ignore"):
             return train_local(

@@ -63,13 +63,14 @@ def check_hyper(hyper: Hyper, limits: Limits) -> None:
             )
 
 
-def read_model(payload: bytes, n_inputs: int, limits: Limits) -> GlobalModel:
-    """Decode a global model and check it against this device's data and limits."""
+def read_model(payload: bytes, n_inputs: int | None, limits: Limits) -> GlobalModel:
+    """Decode a global model and check it against this device's limits and, unless
+    ``n_inputs`` is None (the agent checks its data itself), its feature count."""
     try:
         model = GlobalModel.decode(payload)
     except WireError as exc:
         raise FedmqError(exc.reason, f"undecodable global model: {exc.message}") from exc
-    if model.arch.n_inputs != n_inputs:
+    if n_inputs is not None and model.arch.n_inputs != n_inputs:
         raise FedmqError(
             "bad_shape",
             f"model v{model.version} expects {model.arch.n_inputs} features, "

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edge_agent.config import SCHEMA, AgentConfig, load_agent_config, resolve_agent_settings
-from fedmq.data import load_dataset
 from fedmq.errors import ConfigError, FedmqError
 from fedmq.logs import LogSettings
 from fedmq.settings import refuse_password_flag
@@ -29,10 +28,11 @@ EXAMPLE = (
 async def serve(cfg: AgentConfig) -> None:
     """Run the agent until SIGTERM or SIGINT, then publish ``offline`` and return."""
     from edge_agent.agent import Agent
+    from edge_agent.data import LocalData
 
     if cfg.data is None:  # load_agent_config requires it; a caller building cfg may not
         raise ConfigError("missing_setting", "data is not set: give --data FILE.csv|FILE.npz")
-    agent = Agent(cfg, load_dataset(cfg.data, label=cfg.label, task=cfg.task))
+    agent = Agent(cfg, LocalData.open(cfg.data, cfg.label, cfg.task))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,8 +15,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from fedmq.errors import ModelError, TopicError, WireError
+from fedmq.errors import DataError, ModelError, TopicError, WireError
 from fedmq.model import Arch
+from fedmq.schema import VERSION as SCHEMA_VERSION
+from fedmq.schema import Schema
 from fedmq.tensors import Tensors, decode_tensor
 from fedmq.topics import validate_device_id
 from fedmq.training import Hyper
@@ -132,17 +134,31 @@ def _keys(value: Any, name: str, required: set[str], optional: frozenset = froze
 
 
 def as_arch(value: Any, name: str) -> Arch:
-    _keys(value, name, {"kind", "layers", "activation"})
+    _keys(value, name, {"kind", "layers", "activation"}, frozenset({"schema"}))
     layers = value["layers"]
     if not isinstance(layers, list):
         raise WireError("bad_type", f"{name}.layers must be an array of integers")
     widths = tuple(as_int()(w, f"{name}.layers") for w in layers)
     kind = as_str()(value["kind"], f"{name}.kind")
     activation = as_str()(value["activation"], f"{name}.activation")
+    schema = _as_schema(value["schema"], f"{name}.schema") if "schema" in value else None
     try:
-        return Arch(kind, widths, activation)
+        return Arch(kind, widths, activation, schema)
     except ModelError as exc:
         raise WireError("bad_value", f"{name}: {exc.message}") from None
+
+
+def _as_schema(value: Any, name: str) -> Schema:
+    _keys(value, name, {"features", "label", "task"}, frozenset({"classes"}))
+    for key in ("features", "classes"):
+        if key in value and not isinstance(value[key], list):
+            raise WireError("bad_type", f"{name}.{key} must be an array of strings")
+    if not all(isinstance(v, str) for v in [*value["features"], *value.get("classes", [])]):
+        raise WireError("bad_type", f"{name}: feature and class names must be strings")
+    try:
+        return Schema.from_dict({"version": SCHEMA_VERSION, **value}, name)
+    except DataError as exc:
+        raise WireError("bad_value", exc.message) from None
 
 
 _HYPER_INTS = {"epochs", "batch"}

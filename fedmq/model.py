@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedmq.errors import ModelError
+from fedmq.schema import Schema
 
 Weights = dict[str, np.ndarray]
 
@@ -31,6 +32,9 @@ class Arch:
     kind: str
     layers: tuple[int, ...]
     activation: str = "relu"
+    # The fleet's data schema (feature names, label column, task, class names), when the
+    # aggregator was given one; None keeps the column-position behaviour of plain arrays.
+    schema: Schema | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
@@ -51,6 +55,8 @@ class Arch:
             raise ModelError("bad_arch", "a linear model has exactly two widths: [inputs, outputs]")
         if self.kind == "mlp" and self.layers[-1] < 2:
             raise ModelError("bad_arch", "an MLP classifier needs at least 2 output classes")
+        if self.schema is not None:
+            check_arch_schema(self.kind, self.layers, self.schema)
 
     @property
     def n_inputs(self) -> int:
@@ -73,7 +79,32 @@ class Arch:
         return shapes
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "layers": list(self.layers), "activation": self.activation}
+        out = {"kind": self.kind, "layers": list(self.layers), "activation": self.activation}
+        if self.schema is not None:  # absent, not null: a model without one encodes as before
+            out["schema"] = schema_to_wire(self.schema)
+        return out
+
+
+def schema_to_wire(schema: Schema) -> dict:
+    """The ``arch.schema`` map of docs/wire.md (the schema file's keys minus its version)."""
+    return {k: v for k, v in schema.to_dict().items() if k != "version"}
+
+
+def check_arch_schema(kind: str, layers: tuple[int, ...], schema: Schema) -> None:
+    """ModelError ``schema_mismatch`` unless the widths and kind are the schema's."""
+    want_kind = "mlp" if schema.task == "classification" else "linear"
+    problems = []
+    if kind != want_kind:
+        problems.append(f"a {schema.task} schema needs a {want_kind} model, not {kind}")
+    if layers[0] != schema.n_features:
+        problems.append(f"{layers[0]} inputs, the schema has {schema.n_features} features")
+    if layers[-1] != schema.n_outputs:
+        what = "classes" if schema.classes is not None else "outputs"
+        problems.append(f"{layers[-1]} outputs, the schema has {schema.n_outputs} {what}")
+    if problems:
+        raise ModelError(
+            "schema_mismatch", "the model does not match the schema: " + "; ".join(problems)
+        )
 
 
 def init_weights(arch: Arch, seed: int = 0) -> Weights:

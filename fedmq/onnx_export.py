@@ -92,7 +92,8 @@ def to_onnx(
 
     Metadata: ``fedmq_version``, ``model_version``, ``digest`` (the model digest of
     docs/wire.md 3.2 over the float32 weights; computed when not given) and ``arch``
-    (JSON). Raises ModelError ``bad_weights`` when the weights do not fit ``arch``,
+    (JSON); with a schema in the arch also ``features``, ``classes`` (JSON arrays) and
+    ``label``. Raises ModelError ``bad_weights`` when the weights do not fit ``arch``,
     ``missing_dependency`` when onnx is not installed.
     """
     check_weights(arch, weights)
@@ -114,10 +115,21 @@ def to_onnx(
             "model_version": str(int(model_version)),
             "digest": digest,
             "arch": json.dumps(arch.to_dict()),
+            **_schema_props(arch),
         },
     )
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
+
+
+def _schema_props(arch: Arch) -> dict[str, str]:
+    """The names a runtime needs to feed raw rows and read classes (also inside ``arch``)."""
+    if arch.schema is None:
+        return {}
+    props = {"features": json.dumps(list(arch.schema.features)), "label": arch.schema.label}
+    if arch.schema.classes is not None:
+        props["classes"] = json.dumps(list(arch.schema.classes))
+    return props
 
 
 def write_onnx(path: str | os.PathLike[str], data: bytes) -> Path:

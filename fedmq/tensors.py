@@ -30,6 +30,7 @@ DTYPES: dict[int, np.dtype] = {
 }
 _CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 DIGEST_PREFIX = b"fedmq-digest-v1\0"
+DIGEST_PREFIX_V2 = b"fedmq-digest-v2\0"
 # float32(scale) x 128 must stay finite, so that no int8 value dequantises to infinity.
 MAX_SCALE = float(np.finfo(np.float32).max) / 128
 
@@ -128,9 +129,16 @@ def weights_digest(arch: Arch, weights: Mapping[str, np.ndarray]) -> str:
         raw = s.encode("utf-8")
         return struct.pack("<I", len(raw)) + raw
 
-    h = hashlib.sha256(DIGEST_PREFIX)
+    # A schema in the arch is digest version 2 (docs/wire.md 3.2); without one, version 1.
+    h = hashlib.sha256(DIGEST_PREFIX if arch.schema is None else DIGEST_PREFIX_V2)
     h.update(text(arch.kind) + text(arch.activation))
     h.update(struct.pack(f"<I{len(arch.layers)}I", len(arch.layers), *arch.layers))
+    if arch.schema is not None:
+        sc = arch.schema
+        classes = sc.classes or ()
+        h.update(b"S" + text(sc.task) + text(sc.label))
+        h.update(struct.pack("<I", len(sc.features)) + b"".join(map(text, sc.features)))
+        h.update(struct.pack("<I", len(classes)) + b"".join(map(text, classes)))
     names = list(arch.param_shapes())
     h.update(struct.pack("<I", len(names)))
     for name in names:

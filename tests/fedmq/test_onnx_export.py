@@ -264,3 +264,18 @@ def test_write_onnx_failure_keeps_old_file_and_cleans_tmp(tmp_path, monkeypatch)
         write_onnx(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.onnx"]
+
+
+def test_metadata_names_the_features_classes_and_label_of_the_schema():
+    from fedmq.schema import Schema
+
+    schema = Schema(("temp_c", "lux"), "activity", "classification", ("idle", "run", "walk"))
+    arch = Arch("mlp", (2, 4, 3), schema=schema)
+    weights = init_weights(arch, 0)
+    meta = _metadata(to_onnx(arch, weights, model_version=3))
+    assert json.loads(meta["features"]) == ["temp_c", "lux"]
+    assert json.loads(meta["classes"]) == ["idle", "run", "walk"] and meta["label"] == "activity"
+    assert json.loads(meta["arch"])["schema"]["task"] == "classification"
+    assert meta["digest"] == weights_digest(arch, weights)
+    plain = _metadata(to_onnx(Arch("mlp", (2, 4, 3)), weights, model_version=3))
+    assert "features" not in plain and plain["digest"] != meta["digest"]

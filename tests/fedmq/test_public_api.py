@@ -16,8 +16,9 @@ MQTT = ("paho", "aiomqtt")
 CONTRACT = {"fedmq._version", "fedmq.errors", "fedmq.model", "fedmq.topics", "fedmq.training"}
 # Hyper is declared with fedmq.settings, the one source of every setting.
 CONTRACT |= {"fedmq.wire", "fedmq.envelope", "fedmq.fields", "fedmq.tensors", "fedmq.settings"}
-# The messages kept in modules of their own.
-CONTRACT |= {"fedmq.history"}
+# The messages kept in modules of their own; a model's arch may carry the fleet's data
+# schema (docs/wire.md 3.2).
+CONTRACT |= {"fedmq.history", "fedmq.schema"}
 
 
 def test_import_fedmq_loads_only_the_contract():

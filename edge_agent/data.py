@@ -1,0 +1,68 @@
+"""This device's data, read as the model it trains on says.
+
+A model whose ``arch`` carries a schema names the feature columns, the label column and
+the classes, so the CSV is read by name through it (and read again only when the schema
+changes); a model without one gets the file as the agent first read it, by position.
+Either way the data must fit the model, or the agent reports why in its status.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedmq.data import Dataset, check_fits, load_dataset
+from fedmq.errors import DataError
+from fedmq.model import Arch
+from fedmq.schema import Schema
+
+DEFERRABLE = frozenset({"bad_value", "bad_label", "no_label", "unknown_class"})
+
+
+class LocalData:
+    """The data file at ``path``; ``plain`` is its reading without a schema (None when the
+    file needs one, e.g. text class names)."""
+
+    def __init__(self, path: Path | None, plain: Dataset | None, plain_error: str = "") -> None:
+        self.path = path
+        self.plain = plain
+        self._plain_error = plain_error
+        self._read: tuple[Schema, Dataset] | None = None
+
+    @classmethod
+    def open(cls, path: Path, label: str, task: str) -> LocalData:
+        """Read ``path`` without a schema; a file that needs one waits for the model's."""
+        try:
+            return cls(path, load_dataset(path, label=label, task=task))
+        except DataError as exc:
+            # A missing or unreadable file stops the agent; cells a schema may explain
+            # (text class names, a label column named otherwise) wait for the model's.
+            if path.suffix.lower() != ".csv" or exc.reason not in DEFERRABLE:
+                raise
+            if exc.reason != "no_label":
+                Schema.from_csv(path, label)  # a damaged feature cell still stops the agent
+            return cls(path, None, exc.message)
+
+    @property
+    def samples(self) -> int:
+        data = self._read[1] if self._read else self.plain
+        return len(data) if data is not None else 0
+
+    def for_model(self, arch: Arch, version: int) -> Dataset:
+        """The data ``arch`` trains on; DataError (its reason a status code) if none fits."""
+        where = f"model v{version}"
+        if arch.schema is not None and self.path is not None:
+            if self._read is None or self._read[0] != arch.schema:
+                self._read = (arch.schema, load_dataset(self.path, schema=arch.schema))
+            data = self._read[1]
+        elif self.plain is not None:
+            data = self.plain
+        else:
+            raise DataError(
+                "needs_schema",
+                f"{where} carries no schema and the data cannot be read without one: "
+                f"{self._plain_error}",
+            )
+        task = "classification" if arch.is_classifier else "regression"
+        return check_fits(
+            data, features=arch.n_inputs, task=task, outputs=arch.n_outputs, where=str(self.path)
+        )
