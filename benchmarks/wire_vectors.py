@@ -23,11 +23,13 @@ import msgpack
 import numpy as np
 
 from fedmq.model import Arch
+from fedmq.preprocess import Standardizer
 from fedmq.training import Hyper
 from fedmq.wire import (
     AggregatorStatus,
     DeviceLedger,
     DeviceStatus,
+    FeatureStats,
     GlobalModel,
     Message,
     Update,
@@ -119,6 +121,24 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
             0.25,
             1767225000.0,
             1767225601.0,
+        ),
+    ),
+    "global_model_prep": (
+        "an MLP global model carrying prep (mean, scale): the prep digest",
+        lambda: GlobalModel.build(
+            14,
+            ARCH,
+            _values(ARCH, 3),
+            HYPER,
+            run=RUN,
+            created_at=1767225602.5,
+            prep=Standardizer(np.arange(ARCH.n_inputs) - 1.5, np.arange(ARCH.n_inputs) + 0.25),
+        ),
+    ),
+    "feature_stats": (
+        "a device's feature statistics: float64 arrays",
+        lambda: FeatureStats(
+            "pi-07", 3, [0.1, -3e4], [0.07, 3.1e8], [-0.2, -1.2e4], [0.3, -0.5], "c4" * 32, 1.5
         ),
     ),
     "device_ledger": (

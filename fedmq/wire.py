@@ -13,15 +13,16 @@ failure is a ``WireError`` with a reason listed in docs/wire.md section 5.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-import msgpack
 import numpy as np
 
-from fedmq.errors import WireError
+from fedmq.errors import DataError, WireError
+from fedmq.featurestats import FeatureStats
 from fedmq.fields import (
     Check,
     as_arch,
@@ -38,23 +39,24 @@ from fedmq.fields import (
     check_against,
     check_finite,
     optional,
-    parse_msgpack,
 )
+from fedmq.message import MAX_BYTES, VERSION, Message, _unpack  # noqa: F401 (VERSION re-exported)
 from fedmq.model import Arch
+from fedmq.preprocess import Standardizer
 from fedmq.tensors import (
     Tensors,
     check_q8_scale,
     dequantize_q8,
-    encode_tensor,
+    encode_tensor,  # noqa: F401 (re-exported: tests and the wire vectors use it)
     quantize_q8,
+    tensor_bytes,
     weights_digest,
 )
 from fedmq.training import Hyper
 
-VERSION = 1
-MAX_BYTES = 8 * 1024 * 1024
 RUN_HEX = 16
 MAX_STATUS_MESSAGE = 256
+PREP_DIGEST_PREFIX = b"fedmq-digest-prep-v1\0"
 
 ENCODINGS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "q8": np.dtype("i1")}
 DEVICE_STATES = ("online", "training", "idle", "offline", "error")
@@ -64,76 +66,6 @@ AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 def new_run() -> str:
     """A fresh random run id (``RUN_HEX`` lowercase hex digits) for a new federation."""
     return secrets.token_hex(RUN_HEX // 2)
-
-
-# -- messages ----------------------------------------------------------------------------
-
-M = TypeVar("M", bound="Message")
-
-
-class Message:
-    """Shared encode/decode; each subclass lists its fields and their checks."""
-
-    KIND: ClassVar[str]
-    FIELDS: ClassVar[dict[str, Check]]
-    # Fields added compatibly within v1: absent means None, and None is not written, so
-    # a payload without them is byte for byte what an older encoder wrote.
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            name: getattr(self, name)
-            for name in self.FIELDS
-            if name not in self.OPTIONAL or getattr(self, name) is not None
-        }
-
-    def encode(self) -> bytes:
-        body = {"v": VERSION, "kind": self.KIND, **self.to_map()}
-        return msgpack.packb(body, use_bin_type=True, default=_default)
-
-    @classmethod
-    def decode(cls: type[M], data: bytes, *, max_bytes: int = MAX_BYTES, **context: Any) -> M:
-        return cls._from_body(_unpack(data, max_bytes), **context)
-
-    @classmethod
-    def _from_body(cls: type[M], body: dict[str, Any], **context: Any) -> M:
-        if body.get("kind") != cls.KIND:
-            raise WireError("bad_kind", f"kind {body.get('kind')!r}, expected {cls.KIND!r}")
-        unknown = set(body) - set(cls.FIELDS) - {"v", "kind"}
-        if unknown:
-            raise WireError("unknown_field", f"unknown field(s) {sorted(map(str, unknown))}")
-        values = {}
-        for name, check in cls.FIELDS.items():
-            if name in body:
-                values[name] = check(body[name], name)
-            elif name in cls.OPTIONAL:
-                values[name] = None
-            else:
-                raise WireError("missing_field", f"{cls.KIND} needs field {name!r}")
-        return cls._build(values, **context)
-
-    @classmethod
-    def _build(cls: type[M], values: dict[str, Any]) -> M:
-        return cls(**values)
-
-
-def _default(obj: object) -> object:
-    if isinstance(obj, np.ndarray):
-        return encode_tensor(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot encode {type(obj).__name__}")
-
-
-def _unpack(data: bytes, max_bytes: int) -> dict[str, Any]:
-    """Parse the envelope: size, msgpack, a map, ``v`` as a strict int 1."""
-    body = parse_msgpack(data, max_bytes)
-    if not isinstance(body, dict):
-        raise WireError("not_a_map", "a payload must be a msgpack map")
-    v = body.get("v")
-    if type(v) is not int or v != VERSION:  # not True, not 1.0
-        raise WireError("bad_version", f"wire version {v!r}, expected the int {VERSION}")
-    return body
 
 
 @dataclass
@@ -221,6 +153,30 @@ class Update(Message):
         return update
 
 
+def as_prep(value: Any, name: str) -> Standardizer:
+    """``{"mean": f32[n], "scale": f32[n]}``: finite, scale > 0 (docs/wire.md 3.2)."""
+    if not isinstance(value, dict) or set(value) != {"mean", "scale"}:
+        raise WireError("bad_value", f"{name} must be a map of exactly mean and scale")
+    tensors = as_tensors(value, name)
+    for key, arr in tensors.items():
+        if arr.dtype != np.float32 or arr.ndim != 1:
+            raise WireError("bad_dtype", f"{name}.{key} must be a 1-D float32 tensor")
+    try:
+        return Standardizer(tensors["mean"], tensors["scale"])
+    except DataError as exc:
+        raise WireError("bad_value", f"{name}: {exc.message}") from None
+
+
+def model_digest(arch: Arch, weights: Mapping[str, np.ndarray], prep: Standardizer | None) -> str:
+    """The model digest; with ``prep``, SHA-256 of the version-1 digest, mean and scale."""
+    digest = weights_digest(arch, weights)
+    if prep is None:
+        return digest
+    h = hashlib.sha256(PREP_DIGEST_PREFIX + bytes.fromhex(digest))
+    h.update(tensor_bytes(prep.mean) + tensor_bytes(prep.scale))
+    return h.hexdigest()
+
+
 @dataclass
 class GlobalModel(Message):
     """The global model at ``version`` of federation ``run``.
@@ -236,6 +192,7 @@ class GlobalModel(Message):
     digest: str
     hyper: Hyper
     created_at: float
+    prep: Standardizer | None = None
 
     KIND: ClassVar[str] = "global_model"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -246,7 +203,9 @@ class GlobalModel(Message):
         "digest": as_hex(64),
         "hyper": as_hyper,
         "created_at": as_time,
+        "prep": as_prep,
     }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"prep"})
 
     @classmethod
     def build(
@@ -258,6 +217,7 @@ class GlobalModel(Message):
         *,
         run: str,
         created_at: float = 0.0,
+        prep: Standardizer | None = None,
     ) -> GlobalModel:
         run = as_hex(RUN_HEX)(run, "run")
         ordered = {
@@ -265,8 +225,12 @@ class GlobalModel(Message):
         }
         check_against(ordered, arch.param_shapes(), "weights")
         check_finite(ordered, "weights")
-        digest = weights_digest(arch, ordered)
-        return cls(run, version, arch, ordered, digest, hyper, created_at)
+        if prep is not None and prep.mean.size != arch.n_inputs:
+            raise WireError(
+                "bad_shape", f"prep has {prep.mean.size} features, arch {arch.n_inputs}"
+            )
+        digest = model_digest(arch, ordered, prep)
+        return cls(run, version, arch, ordered, digest, hyper, created_at, prep)
 
     def to_map(self) -> dict[str, Any]:
         out = super().to_map()
@@ -275,6 +239,8 @@ class GlobalModel(Message):
         if self.hyper.noise:
             hyper["noise"] = self.hyper.noise
         out["hyper"] = hyper
+        if self.prep is not None:
+            out["prep"] = {"mean": self.prep.mean, "scale": self.prep.scale}
         return out
 
     @classmethod
@@ -285,7 +251,9 @@ class GlobalModel(Message):
                 raise WireError("bad_dtype", f"weights {name} is {arr.dtype}, must be float32")
         check_against(model.weights, model.arch.param_shapes(), "weights")
         check_finite(model.weights, "weights")
-        if weights_digest(model.arch, model.weights) != model.digest:
+        if model.prep is not None and model.prep.mean.size != model.arch.n_inputs:
+            raise WireError("bad_shape", "prep must have one mean and scale per input feature")
+        if model_digest(model.arch, model.weights, model.prep) != model.digest:
             raise WireError("bad_digest", "the arch and weights do not match their digest")
         return model
 
@@ -385,7 +353,8 @@ class DeviceLedger(Message):
 
 
 MESSAGES: dict[str, type[Message]] = {
-    m.KIND: m for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger)
+    m.KIND: m
+    for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger, FeatureStats)
 }
 
 

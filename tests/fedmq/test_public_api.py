@@ -16,6 +16,8 @@ MQTT = ("paho", "aiomqtt")
 CONTRACT = {"fedmq._version", "fedmq.errors", "fedmq.model", "fedmq.topics", "fedmq.training"}
 # Hyper is declared with fedmq.settings, the one source of every setting.
 CONTRACT |= {"fedmq.wire", "fedmq.fields", "fedmq.tensors", "fedmq.settings"}
+# The wire carries feature statistics and the standardization (both NumPy only).
+CONTRACT |= {"fedmq.message", "fedmq.featurestats", "fedmq.preprocess"}
 
 
 def test_import_fedmq_loads_only_the_contract():
