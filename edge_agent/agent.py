@@ -35,6 +35,7 @@ from edge_agent.checks import (
     stamp,
 )
 from edge_agent.config import AgentConfig
+from edge_agent.datafile import DataFile, Loader, feature_stats
 from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
@@ -64,9 +65,11 @@ class AgentStats:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, data: Dataset) -> None:
+    def __init__(self, cfg: AgentConfig, data: Dataset, *, loader: Loader | None = None) -> None:
+        """``loader`` reloads ``cfg.data`` when the file changes (None: never)."""
         self.cfg = cfg
         self.data = data
+        self.source = DataFile(data, cfg.data, loader)
         self.topics = Topics(cfg.fleet)
         self.seqs = SeqStore(cfg.state_dir)
         self.stats = AgentStats()
@@ -136,6 +139,7 @@ class Agent:
         ) as client:
             self.stats.connects += 1
             await self._publish_status(client, "error" if self._error else "online")
+            await self._publish_stats(client)
             # The ledger first: its retained seq then arrives before the retained model,
             # so a lost state file is resynced before the first update is numbered.
             await client.subscribe(self.topics.aggregator_device(self.cfg.device), qos=1)
@@ -145,11 +149,13 @@ class Agent:
             async with TaskGroup() as tg:
                 receiver = tg.create_task(self._receive(client))
                 trainer = tg.create_task(self._train_loop(client, stop))
+                watcher = tg.create_task(self._watch_data(client, stop))
                 await stop.wait()
                 # The trainer also ends by itself on ``stop``: aiomqtt's publish can swallow
                 # a cancellation before Python 3.12 (asyncio.wait_for, CPython gh-86296).
                 receiver.cancel()
                 trainer.cancel()
+                watcher.cancel()
             # A clean goodbye; the last will covers every other way of leaving.
             await self._publish_status(client, "offline")
             self.connected.clear()
@@ -160,6 +166,22 @@ class Agent:
         await client.publish(
             self.topics.device_status(self.cfg.device), payload, qos=1, retain=True
         )
+
+    async def _publish_stats(self, client: aiomqtt.Client) -> None:
+        """Retained, so an aggregator that starts later finds them (docs/wire.md 3.6)."""
+        if not self.cfg.feature_stats:
+            return
+        stats = feature_stats(self.data, device=self.cfg.device, digest=self.source.digest)
+        await client.publish(self.topics.stats(self.cfg.device), stats.encode(), qos=1, retain=True)
+
+    async def _watch_data(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Follow the data file: new content is trained on next and its statistics sent."""
+        if self.cfg.data_poll <= 0:
+            return
+        while not await wait_event(stop, self.cfg.data_poll):
+            if await asyncio.to_thread(self.source.reload):
+                self.data = self.source.data
+                await self._publish_stats(client)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -253,6 +275,7 @@ class Agent:
                 self.rng,
                 stop=stop,
                 max_seconds=self.cfg.max_train_seconds,
+                prep=model.prep,
             )
 
     async def _train(self, model: GlobalModel) -> Update:

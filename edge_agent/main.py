@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edge_agent.config import SCHEMA, AgentConfig, load_agent_config, resolve_agent_settings
-from fedmq.data import load_dataset
+from fedmq.data import Dataset, load_dataset
 from fedmq.errors import ConfigError, FedmqError
 from fedmq.settings import refuse_password_flag
 
@@ -32,7 +32,11 @@ async def serve(cfg: AgentConfig) -> None:
 
     if cfg.data is None:  # load_agent_config requires it; a caller building cfg may not
         raise ConfigError("missing_setting", "data is not set: give --data FILE.csv|FILE.npz")
-    agent = Agent(cfg, load_dataset(cfg.data, label=cfg.label, task=cfg.task))
+
+    def load(path: Path) -> Dataset:
+        return load_dataset(path, label=cfg.label, task=cfg.task)
+
+    agent = Agent(cfg, load(cfg.data), loader=load)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
