@@ -27,6 +27,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,10 +184,13 @@ class Ledger:
             self._reclaim()
         return True
 
-    def checkpoint(self, strategy: Strategy) -> None:
+    def checkpoint(self, strategy: Strategy, also: Callable[[], None] | None = None) -> None:
+        """Checkpoint now; ``also`` writes more in the same transaction (a new prep)."""
         with self._transaction():
             last = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             self._checkpoint(strategy, last)
+            if also is not None:
+                also()
         self._reclaim()
 
     def _checkpoint(self, strategy: Strategy, last_event: int) -> None:

@@ -42,6 +42,16 @@ from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 T = TypeVar("T")
+# Device states that count as online for FedBuff's K_eff.
+ONLINE = frozenset({"online", "training", "idle"})
+
+
+def _kind(topic: str) -> str | None:
+    try:
+        return parse(topic).kind
+    except TopicError:
+        return None
+
 
 __all__ = ["Aggregator", "Evaluation"]
 
@@ -72,12 +82,15 @@ class Aggregator:
             export_onnx=cfg.export_onnx,
         )
         self.serving = asyncio.Event()
+        self.subscribed = asyncio.Event()  # before serving: it may wait for statistics
         self.version_published = asyncio.Condition()
         self._dirty = asyncio.Event()
         self._deadline = Deadline(cfg.round_deadline, time.monotonic())
         self.metrics = None if cfg.metrics_port is None else Metrics()
         self._bytes_reported = 0
         self._states: dict[str, str] = {}  # device -> state, from retained statuses
+        self._online: int | None = None  # devices online, as FedBuff's K_eff last heard it
+        self._stats_heard = asyncio.Event()
 
     def _open_intake(self, strategy: Strategy, arch: Arch) -> Intake:
         ledger = None
@@ -93,6 +106,7 @@ class Aggregator:
             strategy,
             max_update_bytes=self.cfg.max_update_bytes,
             ledger=ledger,
+            standardize=self.cfg.standardize,
         )
 
     # Read-only views for the demo and tests; the intake's state changes on its thread.
@@ -185,17 +199,22 @@ class Aggregator:
             # Subscribe first: devices answer the model at once, and an update published
             # before this subscription exists would be lost.
             await client.subscribe(self.topics.updates_filter, qos=1)
-            if self.metrics is not None:  # fedmq_devices{state}; QoS 0: nothing to ack
-                await client.subscribe(self.topics.device_status_filter, qos=0)
-            # The ONNX export waits until after "serving": devices need only the model
-            # to get going, and a restart recovers faster.
-            model = await self._publish_model(client, export=False)
-            await self._publish_status(client, "serving")
-            self.serving.set()
-            log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
+            # Devices online (FedBuff's K_eff, fedmq_devices{state}); QoS 0: nothing to ack.
+            await client.subscribe(self.topics.device_status_filter, qos=0)
+            if self.intake.std is not None:
+                await client.subscribe(self.topics.stats_filter, qos=1)
+            self.subscribed.set()
             async with TaskGroup() as tg:
+                receiver = tg.create_task(self._receive(client, persistent))
+                await self._stats_quorum(stop)
+                # The ONNX export waits until after "serving": devices need only the model
+                # to get going, and a restart recovers faster.
+                model = await self._publish_model(client, export=False)
+                await self._publish_status(client, "serving")
+                self.serving.set()
+                log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
                 jobs = [
-                    tg.create_task(self._receive(client, persistent)),
+                    receiver,
                     tg.create_task(self._publisher(client, stop)),
                     tg.create_task(self._status_loop(client, stop)),
                     tg.create_task(self._deadlines(stop)),
@@ -211,36 +230,63 @@ class Aggregator:
                 await self._publish_model(client)
             await self._publish_status(client, "offline")
             self.serving.clear()
+            self.subscribed.clear()
 
     # -- updates in -------------------------------------------------------------------
+
+    async def _stats_quorum(self, stop: asyncio.Event) -> None:
+        """Before the first model: statistics from ``stats_quorum`` devices, or ``stats_wait``."""
+        std = self.intake.std
+        if std is None or std.published:  # off, or fixed by an earlier run (the ledger)
+            return
+        until = time.monotonic() + self.cfg.stats_wait
+        while True:
+            self._stats_heard.clear()  # before the count: a message in between still wakes us
+            if stop.is_set() or std.devices >= self.cfg.stats_quorum:
+                return
+            left = until - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "feature statistics from %d of %d devices after %.0fs; publishing anyway",
+                    std.devices,
+                    self.cfg.stats_quorum,
+                    self.cfg.stats_wait,
+                )
+                return
+            await wait_any(self._stats_heard, stop, timeout=left)
 
     async def _receive(self, client: aiomqtt.Client, persistent: bool) -> None:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            if self._device_state(str(message.topic), payload):
+            topic = str(message.topic)
+            kind = _kind(topic)
+            if kind == "device_status":
+                await self._device_state(topic, payload)
                 continue
-            outcome, seconds = await self._on_worker(self._timed, str(message.topic), payload)
-            self._outcome(outcome)
-            self._observe(outcome, seconds, len(payload))
+            if kind == "stats":
+                outcome = await self._on_worker(self.intake.handle_stats, topic, payload)
+                self._stats_heard.set()
+                self._outcome(outcome)
+            else:
+                outcome, seconds = await self._on_worker(self._timed, topic, payload)
+                self._outcome(outcome)
+                self._observe(outcome, seconds, len(payload))
             if persistent and message.qos > 0:
                 client._client.ack(message.mid, message.qos)
 
-    def _device_state(self, topic: str, payload: bytes) -> bool:
-        """Count a device status for the metrics; False for anything else (an update)."""
-        if self.metrics is None:
-            return False
+    async def _device_state(self, topic: str, payload: bytes) -> None:
+        """A device status: the metrics' counts, and the online count FedBuff sizes K by."""
+        device = parse(topic).device or ""
         try:
-            where = parse(topic)
-        except TopicError:
-            return False
-        if where.kind != "device_status" or where.device is None:
-            return False
-        try:
-            self._states[where.device] = DeviceStatus.decode(payload).state
+            self._states[device] = DeviceStatus.decode(payload).state
         except WireError:  # a cleared or damaged status: the device is not counted
-            self._states.pop(where.device, None)
-        self.metrics.device_states(Counter(self._states.values()))
-        return True
+            self._states.pop(device, None)
+        if self.metrics is not None:
+            self.metrics.device_states(Counter(self._states.values()))
+        online = sum(s in ONLINE for s in self._states.values())
+        if online != self._online:
+            self._online = online
+            await self._on_worker(self.intake.set_online, online)
 
     def _timed(self, topic: str, payload: bytes) -> tuple[Outcome, float]:
         start = time.perf_counter()
@@ -284,7 +330,7 @@ class Aggregator:
 
     async def _publish_model(self, client: aiomqtt.Client, *, export: bool = True) -> GlobalModel:
         self._dirty.clear()
-        snap = await self._on_worker(self.intake.snapshot)
+        snap = await self._on_worker(lambda: self.intake.snapshot(publish=True))
         model = await self.publisher.publish_model(client, snap, export=export)
         if self.metrics is not None:
             sent = self.publisher.bytes_out
