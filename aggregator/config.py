@@ -96,7 +96,11 @@ class StrategyConfig:
     max_staleness: int = setting(
         64, help="Refuse updates older than this many versions.", applies=("fedasync", "fedbuff")
     )
-    k: int = setting(10, help="FedBuff buffer size K.", applies=("fedbuff",))
+    k: int = setting(
+        10,
+        help="FedBuff buffer size K, the most: min(K, devices online) close a version.",
+        applies=("fedbuff",),
+    )
     server_lr: float = setting(1.0, help="Server learning rate η_g.", applies=("fedbuff", "fedavg"))
     clients_per_round: int = setting(
         10, help="FedAvg: reports that close a round.", applies=("fedavg",)
