@@ -137,8 +137,7 @@ def train_local(
     FedProx (Li et al. 2020) adds ``mu/2 * ||w - base||^2`` to the loss, i.e.
     ``mu * (w - base)`` to each gradient. ``stop`` and ``max_seconds`` are checked
     between mini-batches (raising TrainingStopped), so a caller in another thread can
-    end a long run within one mini-batch. With ``prep`` (the global model's), the
-    model sees standardized features ``(x - mean) / scale``.
+    end a long run within one mini-batch. ``prep``: the model sees ``prep.apply(x)``.
     """
     _check_inputs(arch, base, x, y)
     if prep is not None:

@@ -173,7 +173,7 @@ async def run_demo(
                 fleet=cfg.fleet,
                 out_dir=out / "aggregator",
                 round_deadline=cfg.round_deadline,
-                stats_quorum=cfg.devices,  # every device's statistics before the first model
+                standardize=False,  # the tasks' features are standardized already
             ),
             strategy,
             task.arch,
