@@ -88,7 +88,24 @@ async def _federated(url, fleet, out, name, shards, test, *, standardize: bool) 
         export_onnx=False,
         timeout=180.0,
     )
-    return run.aggregator.last_eval.accuracy
+    agg = run.aggregator
+    if standardize:  # ONNX on raw rows agrees with the aggregator's evaluation
+        _onnx_agrees(agg, test)
+    return agg.last_eval.accuracy
+
+
+def _onnx_agrees(agg, test: Dataset) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from aggregator.publisher import _onnx_bytes
+    from fedmq.wire import GlobalModel
+
+    snap = agg.intake.snapshot(publish=True)
+    model = GlobalModel.build(snap.version, agg.intake.arch, snap.weights, agg.publisher.hyper,
+                              run=agg.publisher.run, prep=snap.prep)  # fmt: skip
+    session = ort.InferenceSession(_onnx_bytes(model), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"x": test.x})[0]
+    ev = agg.publisher._evaluate(snap.version, snap.weights, snap.prep)
+    assert float(np.mean(logits.argmax(1) == test.y)) == pytest.approx(ev.accuracy, abs=1e-9)
 
 
 @pytest.mark.parametrize(("name", "known"), [("sensors", 0.9567), ("digits", 0.9556)])
