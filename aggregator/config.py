@@ -58,6 +58,16 @@ class AggregatorConfig:
         None, help="MQTT client id (none: fedmq-aggregator-FLEET, one session per fleet)."
     )
     keepalive: int = keepalive_setting()
+    # Federated standardization: devices' feature statistics, merged into the model's prep.
+    standardize: bool = setting(
+        True, help="Standardize features with the fleet's merged statistics (off: data is scaled)."
+    )
+    stats_quorum: int = setting(
+        1, help="Feature statistics from this many devices before the first model goes out."
+    )
+    stats_wait: float = setting(
+        10.0, help="Or at most this many seconds, then the first model goes out anyway."
+    )
     metrics_port: int | None = setting(None, help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
     # Crash safety: the SQLite ledger (out_dir/ledger.sqlite) plus a persistent MQTT
     # session whose updates are acknowledged only after their effect is committed.
@@ -94,6 +104,8 @@ class AggregatorConfig:
         for name in (*positive, "checkpoint_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError("bad_setting", f"{name} must be > 0, got {getattr(self, name)}")
+        if self.stats_quorum < 0 or not 0 <= self.stats_wait < float("inf"):
+            raise ConfigError("bad_setting", "need stats_quorum >= 0 and stats_wait >= 0")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(
                 "bad_setting", f"metrics_port must be 0..65535, got {self.metrics_port}"
@@ -125,7 +137,11 @@ class StrategyConfig:
     max_staleness: int = setting(
         64, help="Refuse updates older than this many versions.", applies=("fedasync", "fedbuff")
     )
-    k: int = setting(10, help="FedBuff buffer size K.", applies=("fedbuff",))
+    k: int = setting(
+        10,
+        help="FedBuff buffer size K, the most: min(K, devices online) close a version.",
+        applies=("fedbuff",),
+    )
     server_lr: float = setting(1.0, help="Server learning rate η_g.", applies=("fedbuff", "fedavg"))
     server_opt: str = setting(
         "none", help="FedBuff server optimizer on the buffer's mean (Reddi et al. 2021).",

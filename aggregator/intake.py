@@ -21,11 +21,15 @@ from typing import Any
 
 from aggregator.counters import Counters
 from aggregator.ledger import Ledger
-from aggregator.strategies import ModelGate, Strategy
+from aggregator.standardize import Standardization
+from aggregator.stats_store import StatsStore
+from aggregator.strategies import Contribution, ModelGate, Strategy
 from aggregator.validation import Validator, to_contribution
-from fedmq.errors import UpdateRejected
+from fedmq.errors import FedmqError, TopicError, UpdateRejected
+from fedmq.featurestats import FeatureStats
 from fedmq.model import Arch, Weights
-from fedmq.topics import Topics
+from fedmq.preprocess import Standardizer, reparameterize
+from fedmq.topics import Topics, parse
 from fedmq.wire import MAX_BYTES, DeviceLedger, Update
 
 log = logging.getLogger("fedmq.aggregator")
@@ -60,6 +64,7 @@ class Snapshot:
     rejected: dict[str, int]
     bytes_in: int
     ledgers: list[DeviceLedger] = field(default_factory=list)
+    prep: Standardizer | None = None  # with standardization on
 
 
 class Intake:
@@ -72,16 +77,25 @@ class Intake:
         max_update_bytes: int = MAX_BYTES,
         ledger: Ledger | None = None,
         gate: ModelGate | None = None,
+        standardize: bool | Standardization = False,
         log: logging.Logger = log,
     ) -> None:
         """``gate`` None: the strategy's own gate, else a ``ModelGate`` with its defaults."""
         self.arch = arch
         self.strategy = strategy
+        self.topics = topics
         self.validator = Validator(topics, arch, max_bytes=max_update_bytes)
         self.counters = Counters(log)  # rejections are logged there, once a minute per reason
         self.ledger = ledger
         self.gate = gate or strategy.gate or ModelGate()
         strategy.gate = None  # until the ledger is replayed
+        # ``standardize``: True builds the standardization; the daemon passes its own,
+        # which its gate's evaluation reads too.
+        self.std: Standardization | None = None
+        if isinstance(standardize, Standardization):
+            self.std = standardize
+        elif standardize:
+            self.std = standardization(arch, ledger)
         if ledger is not None:
             self._resume(ledger)
         self.strategy.gate = self.gate
@@ -103,9 +117,11 @@ class Intake:
                 self.strategy.flush()
             elif event.kind == "discard":
                 self.strategy.discard_pending()
+            elif event.kind == "online":
+                self.strategy.set_online(int(event.payload) if event.payload else None)
             else:
                 update = Update.decode(event.payload or b"", shapes=shapes, max_bytes=2**31)
-                self.strategy.apply(to_contribution(update))
+                self.strategy.apply(self._mapped(to_contribution(update)))
         self.validator.last_seq = ledger.last_seqs()
         self.counters.accepted, self.counters.rejected = ledger.counts()
         log.info(
@@ -123,6 +139,7 @@ class Intake:
         except UpdateRejected as exc:
             return self._reject(exc, seq=None)
         self.validator.seen(update.device, update.seq)
+        contribution = self._mapped(contribution)
         staleness = self.strategy.version - update.base_version
         try:
             produced = self.strategy.apply(contribution)
@@ -200,6 +217,43 @@ class Intake:
             message=exc.message,
         )
 
+    def _mapped(self, c: Contribution) -> Contribution:
+        return c if self.std is None else self.std.contribution(c)
+
+    def handle_stats(self, topic: str, payload: bytes) -> Outcome:
+        """A device's feature statistics: merged, and the model re-parameterized if needed."""
+        version = self.strategy.version
+        try:
+            where = parse(topic)
+            if self.std is None or where.kind != "stats" or where.fleet != self.topics.fleet:
+                raise TopicError("bad_topic", f"{topic!r} is not a stats topic of this fleet")
+            device = where.device or ""
+            stats = self.std.check(device, FeatureStats.decode(payload))
+        except FedmqError as exc:
+            log.warning("refused feature statistics on %s [%s]: %s", topic, exc.reason, exc.message)
+            return Outcome(False, False, version, reason=exc.reason, message=exc.message)
+        if not self.std.offer(stats, payload) or not self.std.published:
+            return Outcome(True, False, version, device=device)
+        old, new = self.std.current, self.std.target()
+        self.strategy.remap(lambda w: reparameterize(w, old, new))
+        self.std.history.append((self.strategy.version, new))
+        log.info(
+            "feature statistics of %d devices changed: version %d re-parameterized",
+            self.std.devices,
+            self.strategy.version,
+        )
+        store, since = self.std.store, self.strategy.version
+        if self.ledger is not None and store is not None:
+            self.ledger.checkpoint(self.strategy, also=lambda: store.put_prep(since, new))
+        return Outcome(True, True, self.strategy.version, device=device)
+
+    def set_online(self, online: int | None) -> None:
+        """Devices online from their retained statuses (FedBuff's K_eff); a ledger event."""
+        self.strategy.set_online(online)
+        if self.ledger is not None:
+            payload = b"" if online is None else str(online).encode()
+            self.ledger.record(self.strategy, "online", payload=payload or None)
+
     def flush(self) -> Outcome:
         """The deadline flush (see ``aggregator.deadline``): close what is pending."""
         try:
@@ -212,8 +266,14 @@ class Intake:
             self.ledger.record(self.strategy, "flush")
         return Outcome(False, produced, self.strategy.version)
 
-    def snapshot(self, *, ledgers: bool = False) -> Snapshot:
-        """The state to publish; ``ledgers`` also takes the device ledgers changed since."""
+    def snapshot(self, *, ledgers: bool = False, publish: bool = False) -> Snapshot:
+        """The state to publish; ``ledgers`` also takes the device ledgers changed since.
+
+        ``publish``: the model is about to go out, which fixes its standardization.
+        """
+        prep = None
+        if self.std is not None:
+            prep = self.std.publish(self.strategy.version) if publish else self.std.current
         c = self.counters
         changed = [c.ledger(d) for d in sorted(c.dirty)] if ledgers else []
         if ledgers:
@@ -227,8 +287,14 @@ class Intake:
             rejected=dict(c.rejected),
             bytes_in=c.bytes_in,
             ledgers=changed,
+            prep=prep,
         )
 
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+
+
+def standardization(arch: Arch, ledger: Ledger | None) -> Standardization:
+    """Federated standardization for ``arch``, kept in ``ledger`` when there is one."""
+    return Standardization(arch.n_inputs, None if ledger is None else StatsStore(ledger.db))

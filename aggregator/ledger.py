@@ -31,7 +31,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,11 +165,17 @@ class Ledger:
             self._reclaim_due = False
             self._reclaim()
 
-    def checkpoint(self, strategy: Strategy) -> None:
-        with self._transaction():
+    def checkpoint(self, strategy: Strategy, also: Callable[[], None] | None = None) -> None:
+        """Checkpoint now; ``also`` writes more in the same transaction (a new prep)."""
+        with contextlib.nullcontext() if self._grouped else self._transaction():
             last = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             self._checkpoint(strategy, last)
-        self._reclaim()
+            if also is not None:
+                also()
+        if self._grouped:
+            self._reclaim_due = True
+        else:
+            self._reclaim()
 
     def _checkpoint(self, strategy: Strategy, last_event: int) -> None:
         self.db.execute(

@@ -29,6 +29,7 @@ from aggregator.intake import Snapshot
 from fedmq.data import Dataset
 from fedmq.errors import ConfigError
 from fedmq.model import Arch, Weights, accuracy, loss
+from fedmq.preprocess import Standardizer
 from fedmq.topics import Topics
 from fedmq.training import Hyper
 from fedmq.wire import GlobalModel
@@ -82,7 +83,13 @@ def _onnx_bytes(model: GlobalModel) -> bytes:
     """In the export process: the model as ONNX bytes."""
     from fedmq.onnx_export import to_onnx
 
-    return to_onnx(model.arch, model.weights, model_version=model.version, digest=model.digest)
+    return to_onnx(
+        model.arch,
+        model.weights,
+        model_version=model.version,
+        digest=model.digest,
+        prep=model.prep,
+    )
 
 
 class Publisher:
@@ -114,7 +121,7 @@ class Publisher:
         self, client: aiomqtt.Client, snap: Snapshot, *, export: bool = True
     ) -> GlobalModel:
         """Publish ``snap``'s model retained; evaluate and log a version not seen before."""
-        model = await asyncio.to_thread(self._build, snap.version, snap.weights)
+        model = await asyncio.to_thread(self._build, snap)
         payload = model.encode()
         await client.publish(self.topics.model_global, payload, qos=1, retain=True)
         self.bytes_out += len(payload)
@@ -125,15 +132,16 @@ class Publisher:
         self.published_version = snap.version
         return model
 
-    def _build(self, version: int, weights: Weights) -> GlobalModel:
+    def _build(self, snap: Snapshot) -> GlobalModel:
         return GlobalModel.build(
-            version,
+            snap.version,
             self.arch,
-            weights,
+            snap.weights,
             self.hyper,
             run=self.run,
             created_at=time.time(),
             rollbacks=self.rollbacks,
+            prep=snap.prep,
         )
 
     async def publish_onnx(self, client: aiomqtt.Client, model: GlobalModel) -> None:
@@ -161,7 +169,7 @@ class Publisher:
         write_onnx(self.onnx_path, data)
 
     def _evaluate_and_log(self, snap: Snapshot) -> Evaluation | None:
-        ev = self._evaluate(snap.version, snap.weights)
+        ev = self._evaluate(snap.version, snap.weights, snap.prep)
         line = {
             "version": snap.version,
             "time": time.time(),
@@ -183,10 +191,15 @@ class Publisher:
         await client.publish(self.topics.aggregator_history, payload, qos=1, retain=True)
         self.bytes_out += len(payload)
 
-    def _evaluate(self, version: int, weights: Weights) -> Evaluation | None:
+    def _evaluate(
+        self, version: int, weights: Weights, prep: Standardizer | None = None
+    ) -> Evaluation | None:
+        """On the raw held-out rows, through the model's own standardization."""
         if self.evalset is None:
             return None
         x, y = self.evalset.x, self.evalset.y
+        if prep is not None:
+            x = prep.apply(x)
         with np.errstate(all="ignore"):  # a model past the gate is sane; this is a backstop
             acc = accuracy(self.arch, weights, x, y) if self.arch.is_classifier else None
             value = loss(self.arch, weights, x, y)

@@ -26,7 +26,7 @@ import aiomqtt
 from aggregator.config import AggregatorConfig
 from aggregator.counters import Counters
 from aggregator.deadline import Deadline
-from aggregator.intake import Intake, Outcome, Snapshot
+from aggregator.intake import Intake, Outcome, Snapshot, standardization
 from aggregator.ledger import Ledger
 from aggregator.metrics import Metrics
 from aggregator.progress import Progress
@@ -49,6 +49,16 @@ log = logging.getLogger("fedmq.aggregator")
 FAREWELL_TIMEOUT = 5.0  # seconds to publish the offline status on a failure
 T = TypeVar("T")
 MAX_BATCH = 256  # updates per ledger commit at most (a bound on the work between acks)
+# Device states that count as online for FedBuff's K_eff.
+ONLINE = frozenset({"online", "training", "idle"})
+
+
+def _kind(topic: str) -> str | None:
+    try:
+        return parse(topic).kind
+    except TopicError:
+        return None
+
 
 __all__ = ["Aggregator", "Evaluation"]
 
@@ -79,6 +89,7 @@ class Aggregator:
             export_onnx=cfg.export_onnx,
         )
         self.serving = asyncio.Event()
+        self.subscribed = asyncio.Event()  # before serving: it may wait for statistics
         self.version_published = asyncio.Condition()
         self._dirty = asyncio.Event()
         self._deadline = Deadline(cfg.round_deadline, time.monotonic())
@@ -86,14 +97,10 @@ class Aggregator:
         self._bytes_reported = 0
         self._states: dict[str, str] = {}  # device -> state, from retained statuses
         self._checked = False  # the start check (aggregator.startup) runs once, at start
+        self._online: int | None = None  # devices online, as FedBuff's K_eff last heard it
+        self._stats_heard = asyncio.Event()
 
     def _open_intake(self, strategy: Strategy, arch: Arch, evalset: Dataset | None) -> Intake:
-        gate = ModelGate(
-            max_weight=self.cfg.gate_max_weight,
-            evaluate=None if evalset is None else eval_loss(arch, evalset),
-            loss_factor=self.cfg.gate_loss_factor,
-            loss_margin=self.cfg.gate_loss_margin,
-        )
         ledger = None
         if self.cfg.ledger:
             ledger = Ledger(
@@ -101,6 +108,13 @@ class Aggregator:
                 checkpoint_every=self.cfg.checkpoint_every,
                 durable=self.cfg.durable,
             )
+        std = standardization(arch, ledger) if self.cfg.standardize else None
+        gate = ModelGate(
+            max_weight=self.cfg.gate_max_weight,
+            evaluate=None if evalset is None else eval_loss(arch, evalset, prep=std),
+            loss_factor=self.cfg.gate_loss_factor,
+            loss_margin=self.cfg.gate_loss_margin,
+        )
         return Intake(
             self.topics,
             arch,
@@ -108,6 +122,7 @@ class Aggregator:
             max_update_bytes=self.cfg.max_update_bytes,
             ledger=ledger,
             gate=gate,
+            standardize=std or False,
         )
 
     # Read-only views for the demo and tests; the intake's state changes on its thread.
@@ -216,15 +231,20 @@ class Aggregator:
         await client.subscribe(self.topics.updates_filter, qos=1)
         # Devices online (the progress line, fedmq_devices{state}); QoS 0: no acks.
         await client.subscribe(self.topics.device_status_filter, qos=0)
-        # The ONNX export waits until after "serving": devices need only the model
-        # to get going, and a restart recovers faster.
-        model = await self._publish_model(client, export=False)
-        await self._publish_status(client, "serving")
-        self.serving.set()
-        log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
+        if self.intake.std is not None:
+            await client.subscribe(self.topics.stats_filter, qos=1)
+        self.subscribed.set()
         async with TaskGroup() as tg:
+            receiver = tg.create_task(self._receive(client, persistent, stash))
+            await self._stats_quorum(stop)
+            # The ONNX export waits until after "serving": devices need only the model
+            # to get going, and a restart recovers faster.
+            model = await self._publish_model(client, export=False)
+            await self._publish_status(client, "serving")
+            self.serving.set()
+            log.info("serving fleet %s on %s", self.cfg.fleet, self.cfg.broker.url)
             jobs = [
-                tg.create_task(self._receive(client, persistent, stash)),
+                receiver,
                 tg.create_task(self._publisher(client, stop)),
                 tg.create_task(self._status_loop(client, stop)),
                 tg.create_task(self._deadlines(stop)),
@@ -241,6 +261,7 @@ class Aggregator:
             await self._publish_model(client)
         await self._publish_status(client, "offline")
         self.serving.clear()
+        self.subscribed.clear()
 
     async def _start_check(self, client: aiomqtt.Client) -> list[aiomqtt.Message]:
         """Agree with the retained model before publishing anything (aggregator.startup);
@@ -279,6 +300,27 @@ class Aggregator:
 
     # -- updates in -------------------------------------------------------------------
 
+    async def _stats_quorum(self, stop: asyncio.Event) -> None:
+        """Before the first model: statistics from ``stats_quorum`` devices, or ``stats_wait``."""
+        std = self.intake.std
+        if std is None or std.published:  # off, or fixed by an earlier run (the ledger)
+            return
+        until = time.monotonic() + self.cfg.stats_wait
+        while True:
+            self._stats_heard.clear()  # before the count: a message in between still wakes us
+            if stop.is_set() or std.devices >= self.cfg.stats_quorum:
+                return
+            left = until - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "feature statistics from %d of %d devices after %.0fs; publishing anyway",
+                    std.devices,
+                    self.cfg.stats_quorum,
+                    self.cfg.stats_wait,
+                )
+                return
+            await wait_any(self._stats_heard, stop, timeout=left)
+
     async def _receive(
         self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
     ) -> None:
@@ -294,37 +336,59 @@ class Aggregator:
             await self._batch(client, persistent, batch)
 
     async def _batch(self, client: aiomqtt.Client, persistent: bool, batch: list[Any]) -> None:
-        updates = []
+        """Handle what was delivered, in order; acknowledge it all after its commits."""
+        updates: list[tuple[str, bytes]] = []
         for message in batch:
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            if not self._device_state(str(message.topic), payload):
-                updates.append((str(message.topic), payload))
-        if updates:
-            outcomes, seconds = await self._on_worker(self._timed, updates)
-            for outcome, (_, payload) in zip(outcomes, updates, strict=True):
+            topic = str(message.topic)
+            kind = _kind(topic)
+            if kind == "device_status":
+                online = self._device_state(topic, payload)
+                if online is None:
+                    continue
+                step: tuple[Any, ...] = (self.intake.set_online, online)
+            elif kind == "stats":
+                step = (self.intake.handle_stats, topic, payload)
+            else:
+                updates.append((topic, payload))
+                continue
+            # A ledger event of its own: the updates before it go first, as they came.
+            await self._updates(updates)
+            updates = []
+            outcome = await self._on_worker(*step)
+            if kind == "stats":
+                self._stats_heard.set()
                 self._outcome(outcome)
-                self._observe(outcome, seconds / len(updates), len(payload))
+        await self._updates(updates)
         # Only now is every record of the batch committed.
         if persistent:
             for message in batch:
                 if message.qos > 0:
                     client._client.ack(message.mid, message.qos)
 
-    def _device_state(self, topic: str, payload: bytes) -> bool:
-        """Note a device's state (progress, metrics); False for anything else (an update)."""
+    async def _updates(self, updates: list[tuple[str, bytes]]) -> None:
+        if not updates:
+            return
+        outcomes, seconds = await self._on_worker(self._timed, updates)
+        for outcome, (_, payload) in zip(outcomes, updates, strict=True):
+            self._outcome(outcome)
+            self._observe(outcome, seconds / len(updates), len(payload))
+
+    def _device_state(self, topic: str, payload: bytes) -> int | None:
+        """Note a device's state (progress, metrics); the online count for FedBuff's K_eff
+        when it changed, else None."""
+        device = parse(topic).device or ""
         try:
-            where = parse(topic)
-        except TopicError:
-            return False
-        if where.kind != "device_status" or where.device is None:
-            return False
-        try:
-            self._states[where.device] = DeviceStatus.decode(payload).state
+            self._states[device] = DeviceStatus.decode(payload).state
         except WireError:  # a cleared or damaged status: the device is not counted
-            self._states.pop(where.device, None)
+            self._states.pop(device, None)
         if self.metrics is not None:
             self.metrics.device_states(Counter(self._states.values()))
-        return True
+        online = sum(s in ONLINE for s in self._states.values())
+        if online == self._online:
+            return None
+        self._online = online
+        return online
 
     @property
     def devices_online(self) -> int:
@@ -372,7 +436,7 @@ class Aggregator:
 
     async def _publish_model(self, client: aiomqtt.Client, *, export: bool = True) -> GlobalModel:
         self._dirty.clear()
-        snap = await self._on_worker(self.intake.snapshot)
+        snap = await self._on_worker(lambda: self.intake.snapshot(publish=True))
         model = await self.publisher.publish_model(client, snap, export=export)
         if self.metrics is not None:
             sent = self.publisher.bytes_out

@@ -24,12 +24,14 @@ import msgpack
 import numpy as np
 
 from fedmq.model import Arch
+from fedmq.preprocess import Standardizer
 from fedmq.schema import Schema
 from fedmq.training import Hyper
 from fedmq.wire import (
     AggregatorStatus,
     DeviceLedger,
     DeviceStatus,
+    FeatureStats,
     GlobalModel,
     HistorySummary,
     Message,
@@ -149,6 +151,24 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
             run=RUN,
             reason="disk_full",
             message="cannot write the ledger: disk full",
+        ),
+    ),
+    "global_model_prep": (
+        "an MLP global model carrying prep (mean, scale): the prep digest",
+        lambda: GlobalModel.build(
+            14,
+            ARCH,
+            _values(ARCH, 3),
+            HYPER,
+            run=RUN,
+            created_at=1767225602.5,
+            prep=Standardizer(np.arange(ARCH.n_inputs) - 1.5, np.arange(ARCH.n_inputs) + 0.25),
+        ),
+    ),
+    "feature_stats": (
+        "a device's feature statistics: float64 arrays",
+        lambda: FeatureStats(
+            "pi-07", 3, [0.1, -3e4], [0.07, 3.1e8], [-0.2, -1.2e4], [0.3, -0.5], "c4" * 32, 1.5
         ),
     ),
     "device_ledger": (

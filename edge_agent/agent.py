@@ -35,6 +35,7 @@ from edge_agent.checks import (
 )
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
+from edge_agent.datafile import DataFile, Loader, feature_stats
 from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
@@ -65,10 +66,14 @@ class AgentStats:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, data: Dataset | LocalData) -> None:
+    def __init__(
+        self, cfg: AgentConfig, data: Dataset | LocalData, *, loader: Loader | None = None
+    ) -> None:
+        """``loader`` reads ``cfg.data`` again when the file changes (None: never)."""
         self.cfg = cfg
         self.local = data if isinstance(data, LocalData) else LocalData(None, data)
         self.data: Dataset | None = self.local.plain  # what the latest model trains on
+        self.source = DataFile(self.local, cfg.data, loader)
         self.topics = Topics(cfg.fleet)
         self.seqs = SeqStore(cfg.state_dir)
         self.stats = AgentStats()
@@ -139,6 +144,7 @@ class Agent:
         ) as client:
             self.stats.connects += 1
             await self._publish_status(client, "error" if self._error else "online")
+            await self._publish_stats(client)
             # The ledger first: its retained seq then arrives before the retained model,
             # so a lost state file is resynced before the first update is numbered.
             await client.subscribe(self.topics.aggregator_device(self.cfg.device), qos=1)
@@ -148,11 +154,13 @@ class Agent:
             async with TaskGroup() as tg:
                 receiver = tg.create_task(self._receive(client))
                 trainer = tg.create_task(self._train_loop(client, stop))
+                watcher = tg.create_task(self._watch_data(client, stop))
                 await stop.wait()
                 # The trainer also ends by itself on ``stop``: aiomqtt's publish can swallow
                 # a cancellation before Python 3.12 (asyncio.wait_for, CPython gh-86296).
                 receiver.cancel()
                 trainer.cancel()
+                watcher.cancel()
             # A clean goodbye; the last will covers every other way of leaving.
             await self._publish_status(client, "offline")
             self.connected.clear()
@@ -163,6 +171,39 @@ class Agent:
         await client.publish(
             self.topics.device_status(self.cfg.device), payload, qos=1, retain=True
         )
+
+    async def _publish_stats(self, client: aiomqtt.Client) -> None:
+        """Retained, so an aggregator that starts later finds them (docs/wire.md 3.7)."""
+        if not self.cfg.feature_stats or self.data is None:
+            return  # None: text labels wait for the model's schema, and so do the stats
+        stats = feature_stats(self.data, device=self.cfg.device, digest=self.source.digest)
+        await client.publish(self.topics.stats(self.cfg.device), stats.encode(), qos=1, retain=True)
+
+    async def _watch_data(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Follow the data file: new content is trained on next and its statistics sent."""
+        if self.cfg.data_poll <= 0:
+            return
+        while not await wait_event(stop, self.cfg.data_poll):
+            if await asyncio.to_thread(self.source.reload):
+                self.local = self.source.data
+                self._use(self._fitting(self._latest))
+                await self._publish_stats(client)
+
+    def _fitting(self, model: GlobalModel | None) -> Dataset | None:
+        """The data ``model`` trains on (before any model: the file as first read)."""
+        if model is None:
+            return self.local.plain
+        try:
+            return self.local.for_model(model.arch, model.version)
+        except FedmqError as exc:
+            self._record_error(exc.reason, exc.message)
+            return None
+
+    def _use(self, data: Dataset | None) -> bool:
+        """Train on ``data`` from now on; True when its rows differ from before."""
+        changed = data is not None and (self.data is None or data.x is not self.data.x)
+        self.data = data
+        return changed
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -188,8 +229,9 @@ class Agent:
         self.stats.models_received += 1
         if follows(self._latest, model):
             self._latest = model
-            self.data = data
             self._error = None
+            if self._use(data):  # read anew through the model's schema: in its order
+                await self._publish_stats(client)
             self._new_model.set()
 
     def _record_error(self, reason: str, message: str) -> None:
@@ -259,6 +301,7 @@ class Agent:
                 self.rng,
                 stop=stop,
                 max_seconds=self.cfg.max_train_seconds,
+                prep=model.prep,
             )
 
     async def _train(self, model: GlobalModel) -> Update:

@@ -46,6 +46,12 @@ class AgentConfig:
         0.0, help="Extra seconds per local run (the demo's simulated slow devices)."
     )
     seed: int | None = setting(None, help="Seed of local training (none: random).")
+    feature_stats: bool = setting(
+        True, help="Publish this device's feature statistics (for federated standardization)."
+    )
+    data_poll: float = setting(
+        5.0, help="Seconds between checks of the data file for new content (0: never)."
+    )
     # Local limits on what a received model may ask of this device; beyond them the
     # agent refuses the model (status error, hyper_limit / train_timeout).
     max_epochs: int = setting(50, help="Most local epochs a received model may ask for.")
@@ -60,6 +66,8 @@ class AgentConfig:
         check_choices(self)
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
+        if not 0 <= self.data_poll < float("inf"):
+            raise ConfigError("bad_setting", "data_poll must be a number >= 0")
         if self.compute_delay < 0:
             raise ConfigError("bad_setting", "compute_delay must be >= 0")
         if not (self.timeout > 0 and 0 < self.backoff_base <= self.backoff_cap):

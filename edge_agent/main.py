@@ -32,7 +32,11 @@ async def serve(cfg: AgentConfig) -> None:
 
     if cfg.data is None:  # load_agent_config requires it; a caller building cfg may not
         raise ConfigError("missing_setting", "data is not set: give --data FILE.csv|FILE.npz")
-    agent = Agent(cfg, LocalData.open(cfg.data, cfg.label, cfg.task))
+
+    def load(path: Path) -> LocalData:
+        return LocalData.open(path, cfg.label, cfg.task)
+
+    agent = Agent(cfg, load(cfg.data), loader=load)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

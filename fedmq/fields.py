@@ -17,6 +17,7 @@ import numpy as np
 
 from fedmq.errors import DataError, ModelError, TopicError, WireError
 from fedmq.model import Arch
+from fedmq.preprocess import Standardizer
 from fedmq.schema import VERSION as SCHEMA_VERSION
 from fedmq.schema import Schema
 from fedmq.tensors import Tensors, decode_tensor
@@ -241,3 +242,17 @@ def parse_msgpack(data: bytes, max_bytes: int) -> Any:
     if isinstance(value, bytes):
         raise WireError("malformed", "msgpack bin is not allowed")
     return value
+
+
+def as_prep(value: Any, name: str) -> Standardizer:
+    """``{"mean": f32[n], "scale": f32[n]}``: finite, scale > 0 (docs/wire.md 3.2)."""
+    if not isinstance(value, dict) or set(value) != {"mean", "scale"}:
+        raise WireError("bad_value", f"{name} must be a map of exactly mean and scale")
+    tensors = as_tensors(value, name)
+    for key, arr in tensors.items():
+        if arr.dtype != np.float32 or arr.ndim != 1:
+            raise WireError("bad_dtype", f"{name}.{key} must be a 1-D float32 tensor")
+    try:
+        return Standardizer(tensors["mean"], tensors["scale"])
+    except DataError as exc:
+        raise WireError("bad_value", f"{name}: {exc.message}") from None

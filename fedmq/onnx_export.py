@@ -24,7 +24,8 @@ from fedmq._version import __version__
 from fedmq.errors import ModelError
 from fedmq.files import atomic_write
 from fedmq.model import Arch, check_weights
-from fedmq.tensors import weights_digest
+from fedmq.preprocess import Standardizer
+from fedmq.tensors import model_digest
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -47,18 +48,29 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def _build_graph(onnx: Any, arch: Arch, weights: Mapping[str, np.ndarray]) -> onnx.GraphProto:
+def _build_graph(
+    onnx: Any, arch: Arch, weights: Mapping[str, np.ndarray], prep: Standardizer | None
+) -> onnx.GraphProto:
     helper, numpy_helper, tp = onnx.helper, onnx.numpy_helper, onnx.TensorProto
+    tensors = {name: weights[name] for name in arch.param_shapes()}
+    if prep is not None:
+        tensors |= {"prep_mean": prep.mean, "prep_scale": prep.scale}
     initializers = [
-        numpy_helper.from_array(np.ascontiguousarray(weights[name], dtype=np.float32), name)
-        for name in arch.param_shapes()
+        numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name)
+        for name, arr in tensors.items()
     ]
     nodes = []
+    h = INPUT
+    if prep is not None:  # the model's own standardization: raw rows go straight in
+        nodes.append(helper.make_node("Sub", [INPUT, "prep_mean"], ["x_centred"], name="Sub_prep"))
+        nodes.append(
+            helper.make_node("Div", ["x_centred", "prep_scale"], ["x_std"], name="Div_prep")
+        )
+        h = "x_std"
     n_layers = len(arch.layers) - 1
     hidden = n_layers - 1 if arch.kind == "mlp" else 0
     act_op = "Relu" if arch.activation == "relu" else "Tanh"
     last_out = "logits" if arch.is_classifier else "y"
-    h = INPUT
     for i in range(n_layers):
         mm = f"matmul{i}"
         z = f"z{i}" if i < n_layers - 1 else last_out
@@ -87,20 +99,27 @@ def to_onnx(
     *,
     model_version: int,
     digest: str | None = None,
+    prep: Standardizer | None = None,
 ) -> bytes:
     """Serialized ONNX model (opset ``OPSET``, IR ``IR_VERSION``) computing ``forward``.
 
     Metadata: ``fedmq_version``, ``model_version``, ``digest`` (the model digest of
     docs/wire.md 3.2 over the float32 weights; computed when not given) and ``arch``
     (JSON); with a schema in the arch also ``features``, ``classes`` (JSON arrays) and
-    ``label``. Raises ModelError ``bad_weights`` when the weights do not fit ``arch``,
+    ``label``. With ``prep`` the graph first computes ``(x - mean) / scale``, so it takes
+    raw feature rows, and the metadata adds ``prep`` (JSON mean and scale). Raises
+    ModelError ``bad_weights`` when the weights do not fit ``arch``,
     ``missing_dependency`` when onnx is not installed.
     """
     check_weights(arch, weights)
     onnx = _import_onnx()
     if digest is None:
-        digest = weights_digest(arch, {n: np.asarray(w, np.float32) for n, w in weights.items()})
-    graph = _build_graph(onnx, arch, weights)
+        f32 = {n: np.asarray(w, np.float32) for n, w in weights.items()}
+        digest = model_digest(arch, f32, prep)
+    graph = _build_graph(onnx, arch, weights, prep)
+    props = {} if prep is None else {
+        "prep": json.dumps({"mean": prep.mean.tolist(), "scale": prep.scale.tolist()})
+    }  # fmt: skip
     model = onnx.helper.make_model(
         graph,
         producer_name="fedmq",
@@ -116,6 +135,7 @@ def to_onnx(
             "digest": digest,
             "arch": json.dumps(arch.to_dict()),
             **_schema_props(arch),
+            **props,
         },
     )
     onnx.checker.check_model(model, full_check=True)

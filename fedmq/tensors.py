@@ -11,12 +11,16 @@ import hashlib
 import math
 import struct
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import msgpack
 import numpy as np
 
 from fedmq.errors import WireError
 from fedmq.model import Arch
+
+if TYPE_CHECKING:
+    from fedmq.preprocess import Standardizer
 
 TENSOR_EXT = 1
 MAX_NDIM = 8
@@ -31,6 +35,7 @@ DTYPES: dict[int, np.dtype] = {
 _CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 DIGEST_PREFIX = b"fedmq-digest-v1\0"
 DIGEST_PREFIX_V2 = b"fedmq-digest-v2\0"
+PREP_DIGEST_PREFIX = b"fedmq-digest-prep-v1\0"
 # float32(scale) x 128 must stay finite, so that no int8 value dequantises to infinity.
 MAX_SCALE = float(np.finfo(np.float32).max) / 128
 
@@ -144,4 +149,14 @@ def weights_digest(arch: Arch, weights: Mapping[str, np.ndarray]) -> str:
     for name in names:
         h.update(text(name))
         h.update(tensor_bytes(weights[name]))
+    return h.hexdigest()
+
+
+def model_digest(arch: Arch, weights: Mapping[str, np.ndarray], prep: Standardizer | None) -> str:
+    """The model digest; with ``prep``, SHA-256 of the version-1 digest, mean and scale."""
+    digest = weights_digest(arch, weights)
+    if prep is None:
+        return digest
+    h = hashlib.sha256(PREP_DIGEST_PREFIX + bytes.fromhex(digest))
+    h.update(tensor_bytes(prep.mean) + tensor_bytes(prep.scale))
     return h.hexdigest()

@@ -106,6 +106,10 @@ class Topics:
     def stats(self, device: str) -> str:
         return f"{self.prefix}/stats/{validate_device_id(device)}"
 
+    @property
+    def stats_filter(self) -> str:
+        return f"{self.prefix}/stats/+"
+
 
 @dataclass(frozen=True)
 class ParsedTopic:

@@ -19,6 +19,7 @@ from fedmq.model import (
     loss_and_grads,
     subtract,
 )
+from fedmq.preprocess import Standardizer
 from fedmq.settings import setting
 
 
@@ -129,15 +130,18 @@ def train_local(
     *,
     stop: threading.Event | None = None,
     max_seconds: float | None = None,
+    prep: Standardizer | None = None,
 ) -> tuple[Weights, TrainStats]:
     """E epochs of mini-batch SGD from ``base``; returns ``local - base`` and stats.
 
     FedProx (Li et al. 2020) adds ``mu/2 * ||w - base||^2`` to the loss, i.e.
     ``mu * (w - base)`` to each gradient. ``stop`` and ``max_seconds`` are checked
     between mini-batches (raising TrainingStopped), so a caller in another thread can
-    end a long run within one mini-batch.
+    end a long run within one mini-batch. ``prep``: the model sees ``prep.apply(x)``.
     """
     _check_inputs(arch, base, x, y)
+    if prep is not None:
+        x = prep.apply(x)
     n = len(x)
     started = time.perf_counter()
     deadline = None if max_seconds is None else started + max_seconds

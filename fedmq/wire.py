@@ -23,6 +23,7 @@ import numpy as np
 
 from fedmq.envelope import MAX_BYTES, VERSION, Message, unpack
 from fedmq.errors import WireError
+from fedmq.featurestats import FeatureStats
 from fedmq.fields import (
     Check,
     as_arch,
@@ -32,6 +33,7 @@ from fedmq.fields import (
     as_hyper,
     as_int,
     as_map,
+    as_prep,
     as_scalar,
     as_str,
     as_tensors,
@@ -42,10 +44,12 @@ from fedmq.fields import (
 )
 from fedmq.history import HistorySummary
 from fedmq.model import Arch
+from fedmq.preprocess import Standardizer
 from fedmq.tensors import (
     Tensors,
     check_q8_scale,
     dequantize_q8,
+    model_digest,
     quantize_q8,
     weights_digest,
 )
@@ -61,6 +65,7 @@ __all__ = [
     "AggregatorStatus",
     "DeviceLedger",
     "DeviceStatus",
+    "FeatureStats",
     "GlobalModel",
     "HistorySummary",
     "Message",
@@ -188,6 +193,7 @@ class GlobalModel(Message):
     hyper: Hyper
     created_at: float
     rollbacks: int = 0
+    prep: Standardizer | None = None
 
     KIND: ClassVar[str] = "global_model"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -199,8 +205,9 @@ class GlobalModel(Message):
         "hyper": as_hyper,
         "created_at": as_time,
         "rollbacks": as_int(0, 2**31 - 1),
+        "prep": as_prep,
     }
-    OPTIONAL: ClassVar[Mapping[str, Any]] = {"rollbacks": 0}
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {"rollbacks": 0, "prep": None}
 
     @classmethod
     def build(
@@ -213,6 +220,7 @@ class GlobalModel(Message):
         run: str,
         created_at: float = 0.0,
         rollbacks: int = 0,
+        prep: Standardizer | None = None,
     ) -> GlobalModel:
         run = as_hex(RUN_HEX)(run, "run")
         ordered = {
@@ -220,8 +228,14 @@ class GlobalModel(Message):
         }
         check_against(ordered, arch.param_shapes(), "weights")
         check_finite(ordered, "weights")
-        digest = weights_digest(arch, ordered)
-        return cls(run, version, arch, ordered, digest, hyper, created_at, rollbacks)
+        if prep is not None and prep.mean.size != arch.n_inputs:
+            raise WireError(
+                "bad_shape", f"prep has {prep.mean.size} features, arch {arch.n_inputs}"
+            )
+        digest = model_digest(arch, ordered, prep)
+        return cls(
+            run, version, arch, ordered, digest, hyper, created_at, rollbacks=rollbacks, prep=prep
+        )
 
     def to_map(self) -> dict[str, Any]:
         out = super().to_map()
@@ -230,6 +244,8 @@ class GlobalModel(Message):
         if self.hyper.noise:
             hyper["noise"] = self.hyper.noise
         out["hyper"] = hyper
+        if self.prep is not None:
+            out["prep"] = {"mean": self.prep.mean, "scale": self.prep.scale}
         return out
 
     @classmethod
@@ -240,7 +256,9 @@ class GlobalModel(Message):
                 raise WireError("bad_dtype", f"weights {name} is {arr.dtype}, must be float32")
         check_against(model.weights, model.arch.param_shapes(), "weights")
         check_finite(model.weights, "weights")
-        if weights_digest(model.arch, model.weights) != model.digest:
+        if model.prep is not None and model.prep.mean.size != model.arch.n_inputs:
+            raise WireError("bad_shape", "prep must have one mean and scale per input feature")
+        if model_digest(model.arch, model.weights, model.prep) != model.digest:
             raise WireError("bad_digest", "the arch and weights do not match their digest")
         return model
 
@@ -352,7 +370,15 @@ class DeviceLedger(Message):
 
 MESSAGES: dict[str, type[Message]] = {
     m.KIND: m
-    for m in (Update, GlobalModel, DeviceStatus, AggregatorStatus, DeviceLedger, HistorySummary)
+    for m in (
+        Update,
+        GlobalModel,
+        DeviceStatus,
+        AggregatorStatus,
+        DeviceLedger,
+        HistorySummary,
+        FeatureStats,
+    )
 }
 
 

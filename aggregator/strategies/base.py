@@ -8,7 +8,7 @@ service (or the simulator) that feeds it lives elsewhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -146,6 +146,23 @@ class Strategy(ABC):
 
     def _load_buffers(self, s: StateReader) -> None:  # noqa: B027 (an optional hook)
         """Restore what ``_buffers()`` saved."""
+
+    def remap(self, fn: Callable[[Mapping[str, np.ndarray]], Weights]) -> None:
+        """Rewrite the weights and every pending delta through ``fn``, as one new version.
+
+        ``fn`` must be linear in the tensors (the re-parameterization for new feature
+        statistics is), so that a delta mapped by it is the mapped weights' delta. The
+        version counts: the function is the same, the numbers devices hold are not.
+        """
+        self._weights = fn(self._weights)
+        self._remap_buffers(fn)
+        self._version += 1
+
+    def _remap_buffers(self, fn: Callable[[Mapping[str, np.ndarray]], Weights]) -> None:  # noqa: B027
+        """Map what is pending through ``fn`` (see ``remap``)."""
+
+    def set_online(self, online: int | None) -> None:  # noqa: B027 (an optional hook)
+        """How many devices are online now (None: unknown); FedBuff sizes its buffer by it."""
 
     def _publish(self, weights: Weights) -> None:
         """Make ``weights`` the new version, unless the gate refuses them (then nothing changes)."""

@@ -9,7 +9,7 @@ to rebuild it (cheap for the small models devices train).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ import numpy as np
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy, quiet
 from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.model import Weights
 from fedmq.spec import parse_spec
 
 if TYPE_CHECKING:
@@ -101,6 +102,13 @@ class FedAsync(Strategy):
         self._history: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict(
             [(self._version, self._weights)]
         )
+
+    def _remap_buffers(self, fn: Callable[[Mapping[str, np.ndarray]], Weights]) -> None:
+        # The bases of stale updates, in the new parameterization, and the new version's.
+        self._history = OrderedDict((v, fn(w)) for v, w in self._history.items())
+        self._history[self._version + 1] = self._weights
+        while len(self._history) > self.max_staleness + 1:
+            self._history.popitem(last=False)
 
     def mixing(self, staleness: int) -> float:
         return self.alpha * self.s(staleness)

@@ -8,7 +8,7 @@ FedYogi (``aggregator.strategies.serveropt``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy, quiet
 from aggregator.strategies.serveropt import ServerOptimizer
 from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.model import Weights
 
 if TYPE_CHECKING:
     from aggregator.strategies.state import StateReader
@@ -61,6 +62,15 @@ class FedBuff(Strategy):
             beta2=server_beta2,
             tau=server_tau,
         )
+        self.online: int | None = None
+
+    @property
+    def k_eff(self) -> int:
+        """A small fleet fills a buffer of its own size, not of ``k``: min(k, max(1, online))."""
+        return self.k if self.online is None else min(self.k, max(1, self.online))
+
+    def set_online(self, online: int | None) -> None:
+        self.online = None if online is None else max(0, int(online))
 
     @property
     def pending(self) -> int:
@@ -76,7 +86,7 @@ class FedBuff(Strategy):
                 staleness=tau,
             )
         self._buffer.append((1.0 / np.sqrt(1.0 + tau), c.num_samples, c.delta))
-        if len(self._buffer) >= self.k:
+        if len(self._buffer) >= self.k_eff:
             return self.flush()
         return False
 
@@ -114,8 +124,14 @@ class FedBuff(Strategy):
             **self.opt.params(),
         }
 
+    def _remap_buffers(self, fn: Callable[[Mapping[str, np.ndarray]], Weights]) -> None:
+        self._buffer = [(scale, n, fn(delta)) for scale, n, delta in self._buffer]
+        if self.opt.m:  # the first moment is a sum of deltas: it maps as they do
+            self.opt.m = fn(self.opt.m)
+
     def _buffers(self) -> dict[str, Any]:
         return {
+            "online": -1 if self.online is None else self.online,
             "buffer": [
                 {"scale": float(scale), "samples": n, "delta": dict(delta)}
                 for scale, n, delta in self._buffer
@@ -124,6 +140,9 @@ class FedBuff(Strategy):
         }
 
     def _load_buffers(self, s: StateReader) -> None:
+        # A checkpoint of an earlier fedmq has no "online": the fleet size is unknown.
+        online = s.integer("online", lo=-1) if "online" in s.body else -1
+        self.online = None if online < 0 else online
         self._buffer = [
             (e.number("scale"), e.integer("samples", lo=1), e.tensors("delta", like=self._weights))
             for e in s.items("buffer", self.k - 1)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from fedmq.model import Arch, loss
 
 if TYPE_CHECKING:
     from fedmq.data import Dataset
+    from fedmq.preprocess import Standardizer
 
 # The candidate's loss on the aggregator's evaluation set.
 Evaluate = Callable[[Mapping[str, np.ndarray]], float]
@@ -40,10 +41,23 @@ Evaluate = Callable[[Mapping[str, np.ndarray]], float]
 EVAL_ROWS = 512
 
 
-def eval_loss(arch: Arch, evalset: Dataset, rows: int = EVAL_ROWS) -> Evaluate:
-    """The loss on the first ``rows`` rows of ``evalset`` (always the same rows)."""
+class HasPrep(Protocol):
+    @property
+    def current(self) -> Standardizer: ...
+
+
+def eval_loss(
+    arch: Arch, evalset: Dataset, rows: int = EVAL_ROWS, prep: HasPrep | None = None
+) -> Evaluate:
+    """The loss on the first ``rows`` rows of ``evalset`` (always the same rows).
+
+    With ``prep`` (the intake's standardization) the raw rows go through its current
+    preprocessing first, as the model's weights expect.
+    """
     x, y = evalset.x[:rows], evalset.y[:rows]
-    return lambda weights: loss(arch, weights, x, y)
+    if prep is None:
+        return lambda weights: loss(arch, weights, x, y)
+    return lambda weights: loss(arch, weights, prep.current.apply(x), y)
 
 
 class ModelGate:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -256,6 +256,12 @@ class Robust(Strategy):
 
     def discard_pending(self) -> None:
         self.inner.discard_pending()
+
+    def remap(self, fn: Callable[[Mapping[str, np.ndarray]], Weights]) -> None:
+        self.inner.remap(fn)
+
+    def set_online(self, online: int | None) -> None:
+        self.inner.set_online(online)
 
     def params(self) -> dict[str, Any]:
         bound = self.norm_bound.params() if self.norm_bound else {}

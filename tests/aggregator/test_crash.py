@@ -31,7 +31,7 @@ KILLS = 3
 def _spawn(url: str, fleet: str, out: Path, log) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from tools.entry import main; main()", "aggregator"]
     cmd += ["--broker", url, "--fleet", fleet, "--model", "mlp:4,8,3", "--strategy", "fedasync"]
-    cmd += ["--max-staleness", "1000", "--out-dir", str(out)]
+    cmd += ["--max-staleness", "1000", "--out-dir", str(out), "--no-standardize"]
     return subprocess.Popen(cmd, stderr=log)
 
 

@@ -110,7 +110,7 @@ async def test_no_callback_blocks_the_loop_for_50ms_under_20_devices(mosquitto, 
     runner = _AggregatorThread(
         lambda: Aggregator(
             AggregatorConfig(broker=BrokerConfig.from_url(mosquitto.url), fleet=fleet,
-                             out_dir=tmp_path, checkpoint_every=100),
+                             out_dir=tmp_path, checkpoint_every=100, standardize=False),
             make_strategy("fedbuff", init_weights(task.arch, 0), 0, defence=True, k=10),
             task.arch,
             Hyper(),

@@ -17,6 +17,7 @@ from fedmq._version import __version__
 from fedmq.errors import ModelError
 from fedmq.model import Arch, init_weights
 from fedmq.onnx_export import IR_VERSION, OPSET, to_onnx, write_onnx
+from fedmq.preprocess import Moments, Standardizer
 from fedmq.training import Hyper
 from fedmq.wire import GlobalModel, weights_digest
 
@@ -46,10 +47,15 @@ def _weights(arch: Arch, seed: int) -> dict[str, np.ndarray]:
     return w
 
 
-def _max_diffs(arch: Arch, weights, x: np.ndarray) -> dict[str, float]:
-    """Run the exported model on ``x``; max abs difference of each output vs NumPy."""
-    sess = _session(to_onnx(arch, weights, model_version=1))
+def _max_diffs(arch: Arch, weights, x: np.ndarray, prep=None) -> dict[str, float]:
+    """Run the exported model on ``x``; max abs difference of each output vs NumPy.
+
+    With ``prep``, ``x`` is raw: the export standardizes it, NumPy gets ``prep.apply(x)``.
+    """
+    sess = _session(to_onnx(arch, weights, model_version=1, prep=prep))
     outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x}), strict=True))
+    if prep is not None:
+        x = prep.apply(x)
     ref = model.forward(arch, weights, x)
     if arch.is_classifier:
         assert set(outputs) == {"logits", "probabilities"}
@@ -82,6 +88,23 @@ def test_onnxruntime_matches_numpy(key):
     assert diffs
     for name, diff in diffs.items():
         assert diff <= TOL, f"{name}: max abs diff {diff:.3g} > {TOL}"
+
+
+@pytest.mark.parametrize("key", list(PARITY_ARCHS))
+def test_onnxruntime_on_raw_rows_matches_numpy_through_the_prep(key):
+    """Raw sensor-like rows (scales 1e-3..1e4, offsets) go straight into onnxruntime."""
+    arch = PARITY_ARCHS[key]
+    rng = np.random.default_rng(5)
+    scales = np.logspace(-3, 4, arch.n_inputs)
+    offsets = rng.uniform(-5, 5, arch.n_inputs) * scales
+    raw = (rng.standard_normal((N_INPUTS, arch.n_inputs)) * scales + offsets).astype(np.float32)
+    prep = Standardizer.from_moments(Moments.of(raw))
+    diffs = _max_diffs(arch, _weights(arch, seed=3), raw, prep)
+    for name, diff in diffs.items():
+        assert diff <= TOL, f"{name}: max abs diff {diff:.3g} > {TOL}"
+    # Without the prep in the graph the same raw rows give something else entirely.
+    assert np.abs(model.forward(arch, _weights(arch, 3), raw) - model.forward(
+        arch, _weights(arch, 3), prep.apply(raw))).max() > 1.0  # fmt: skip
 
 
 @settings(max_examples=25, deadline=None)

@@ -17,8 +17,9 @@ CONTRACT = {"fedmq._version", "fedmq.errors", "fedmq.model", "fedmq.topics", "fe
 # Hyper is declared with fedmq.settings, the one source of every setting.
 CONTRACT |= {"fedmq.wire", "fedmq.envelope", "fedmq.fields", "fedmq.tensors", "fedmq.settings"}
 # The messages kept in modules of their own; a model's arch may carry the fleet's data
-# schema (docs/wire.md 3.2).
-CONTRACT |= {"fedmq.history", "fedmq.schema"}
+# schema (docs/wire.md 3.2), and the wire carries feature statistics and the
+# standardization (both NumPy only).
+CONTRACT |= {"fedmq.history", "fedmq.schema", "fedmq.featurestats", "fedmq.preprocess"}
 
 
 def test_import_fedmq_loads_only_the_contract():

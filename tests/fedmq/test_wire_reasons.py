@@ -183,7 +183,14 @@ def test_spec_lists_every_wire_reason_and_no_other() -> None:
     code = _raised(
         [
             ROOT / "fedmq" / f
-            for f in ("wire.py", "envelope.py", "history.py", "fields.py", "tensors.py")
+            for f in (
+                "wire.py",
+                "envelope.py",
+                "history.py",
+                "featurestats.py",
+                "fields.py",
+                "tensors.py",
+            )
         ],
         "WireError",
     )

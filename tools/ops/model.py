@@ -81,7 +81,12 @@ def export(model: GlobalModel, onnx_bytes: bytes | None, fmt: str, out: Path) ->
     else:
         buf = io.BytesIO()
         meta = {"version": model.version, "arch": model.arch.to_dict()}
-        np.savez(buf, __fedmq__=np.array(json.dumps(meta)), **model.weights)
+        prep = (
+            {}
+            if model.prep is None
+            else {"prep_mean": model.prep.mean, "prep_scale": model.prep.scale}
+        )  # fmt: skip  (the model takes (x - prep_mean) / prep_scale)
+        np.savez(buf, __fedmq__=np.array(json.dumps(meta)), **model.weights, **prep)
         data = buf.getvalue()
     atomic_write(out, data)
     return out

@@ -173,6 +173,7 @@ async def run_demo(
                 fleet=cfg.fleet,
                 out_dir=out / "aggregator",
                 round_deadline=cfg.round_deadline,
+                standardize=False,  # the tasks' features are standardized already
             ),
             strategy,
             task.arch,
@@ -216,7 +217,8 @@ async def _serve(
     served = True
     async with TaskGroup() as tg:
         tg.create_task(agg.run(stop))
-        if not await wait_event(agg.serving, 15):
+        # Subscribed, not serving: the first model waits for the devices' statistics.
+        if not await wait_event(agg.subscribed, 15):
             served = False
             stop.set()  # the error is raised below, outside the group, unwrapped
         else:

@@ -1,0 +1,112 @@
+"""Federated standardization on the aggregator: the devices' statistics, merged exactly.
+
+Each device's latest ``feature_stats`` (by ``at``) is kept, once per device; their
+pooled moments give the fleet's standardization (``fedmq.preprocess``). Until the first
+model goes out, a change simply replaces it. After that, a change re-parameterizes the
+model (``Strategy.remap`` with ``fedmq.preprocess.reparameterize``): the function of
+raw inputs stays the same, as a new version devices train on next.
+
+Every standardization the fleet has held is kept with the version it took effect at,
+so an update trained from an older version is mapped into the current one before the
+strategy sees it (the map is linear, so a delta maps like the weights). Synchronous,
+on the intake's thread, like the rest of the intake.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from aggregator.stats_store import StatsStore
+from aggregator.strategies import Contribution
+from fedmq.errors import DataError, FedmqError, WireError
+from fedmq.featurestats import FeatureStats
+from fedmq.preprocess import Moments, Standardizer, pool, reparameterize
+
+log = logging.getLogger("fedmq.aggregator")
+
+
+class Standardization:
+    def __init__(self, width: int, store: StatsStore | None = None) -> None:
+        self.width = width
+        self.store = store
+        self.latest: dict[str, FeatureStats] = {}
+        self.history: list[tuple[int, Standardizer]] = [(0, Standardizer.identity(width))]
+        self.published = False  # once a model carried the prep, changes re-parameterize
+        if store is not None:
+            self._load(store)
+
+    def _load(self, store: StatsStore) -> None:
+        for device, payload in store.stats().items():
+            try:
+                self.latest[device] = self.check(device, FeatureStats.decode(payload))
+            except FedmqError as exc:  # a row another fedmq wrote: counted as missing
+                log.warning("ignoring stored feature statistics of %s: %s", device, exc)
+        if preps := store.preps():
+            self.history, self.published = preps, True
+
+    @property
+    def current(self) -> Standardizer:
+        return self.history[-1][1]
+
+    @property
+    def devices(self) -> int:
+        return len(self.latest)
+
+    def merged(self) -> Moments | None:
+        if not self.latest:
+            return None
+        return pool(s.moments() for s in self.latest.values())
+
+    def target(self) -> Standardizer:
+        merged = self.merged()
+        return (
+            Standardizer.identity(self.width)
+            if merged is None
+            else Standardizer.from_moments(merged)
+        )
+
+    def check(self, device: str, stats: FeatureStats) -> FeatureStats:
+        if stats.device != device:
+            raise WireError("bad_device_id", f"stats of {stats.device} on {device}'s topic")
+        if stats.width != self.width:
+            raise DataError(
+                "bad_shape", f"{device} reports {stats.width} features, the model has {self.width}"
+            )
+        return stats
+
+    def offer(self, stats: FeatureStats, payload: bytes) -> bool:
+        """Keep ``stats`` if it is the device's latest; True when the target changed."""
+        held = self.latest.get(stats.device)
+        if held is not None and stats.at <= held.at:
+            return False
+        before = self.target()
+        self.latest[stats.device] = stats
+        if self.store is not None:
+            self.store.put_stats(stats.device, payload)
+        return not self.target().same_as(before)
+
+    def at(self, version: int) -> Standardizer:
+        """The standardization a model of ``version`` carried."""
+        held = self.history[0][1]
+        for since, prep in self.history:
+            if since > version:
+                break
+            held = prep
+        return held
+
+    def contribution(self, c: Contribution) -> Contribution:
+        """``c``'s delta in the current parameterization (unchanged if it is already)."""
+        old, new = self.at(c.base_version), self.current
+        if old is new:
+            return c
+        return replace(c, delta=reparameterize(c.delta, old, new))
+
+    def publish(self, version: int) -> Standardizer:
+        """The prep of the model about to go out; from now on changes re-parameterize."""
+        if not self.published:
+            self.history = [(version, self.target())]
+            self.published = True
+            if self.store is not None:
+                self.store.put_prep(version, self.current)
+        return self.current

@@ -1,0 +1,84 @@
+"""The agent's feature statistics over a real Mosquitto: at start, and when its data changes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import agent_helpers as h
+import numpy as np
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.config import AgentConfig
+from fedmq.config import BrokerConfig
+from fedmq.data import load_dataset, save_npz
+from fedmq.featurestats import FeatureStats
+from fedmq.preprocess import Standardizer
+from fedmq.topics import Topics
+from fedmq.wire import GlobalModel, Update
+
+pytestmark = pytest.mark.broker
+
+
+async def test_stats_are_retained_at_start_and_sent_again_when_the_file_changes(
+    mosquitto, fleet, tmp_path
+):
+    topics = Topics(fleet)
+    path = tmp_path / "local.npz"
+    save_npz(path, h.data(60, seed=0))
+    cfg = AgentConfig(
+        broker=BrokerConfig.from_url(mosquitto.url),
+        device="pi-1",
+        fleet=fleet,
+        state_dir=tmp_path / "state",
+        data=path,
+        data_poll=0.05,
+    )
+    agent = Agent(cfg, load_dataset(path), loader=load_dataset)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    async with h.client(mosquitto.url, topics.stats("pi-1")) as observer:
+        first = FeatureStats.decode(bytes((await h.next_message(observer, "#")).payload))
+        assert first.count == 60 and first.width == 4
+        np.testing.assert_allclose(first.moments().mean, h.data(60).x.mean(0), rtol=1e-6)
+        # Touching the file with the same bytes sends nothing; new rows do.
+        os.utime(path)
+        save_npz(path, h.data(90, seed=1))
+        second = FeatureStats.decode(bytes((await h.next_message(observer, "#")).payload))
+        assert second.count == 90 and second.digest != first.digest and second.at >= first.at
+    # Retained: a late subscriber gets the latest.
+    async with h.client(mosquitto.url, topics.stats("pi-1")) as late:
+        retained = await h.next_message(late, "#")
+        assert retained.retain and FeatureStats.decode(bytes(retained.payload)).count == 90
+    stop.set()
+    await task
+    assert len(agent.data) == 90
+
+
+async def test_the_agent_trains_on_the_models_standardized_features(mosquitto, fleet, tmp_path):
+    """Raw features 1e4 away from zero; the model's prep brings them back to unit scale."""
+    topics = Topics(fleet)
+    raw = h.data(60)
+    offset, scale = np.float32(1e4), np.float32(1e3)
+    agent = h.agent(mosquitto.url, fleet, tmp_path)
+    agent.data = type(raw)(raw.x * scale + offset, raw.y)
+    prep = Standardizer(np.full(4, offset), np.full(4, scale))
+    from fedmq.model import init_weights
+    from fedmq.training import Hyper, train_local
+
+    weights = init_weights(h.ARCH, 0)
+    model = GlobalModel.build(0, h.ARCH, weights, Hyper(), run=h.RUN, created_at=1.0, prep=prep)
+    async with h.client(mosquitto.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, model.encode(), qos=1, retain=True)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        update = Update.decode(
+            bytes((await h.next_message(observer, topics.updates_filter)).payload)
+        )
+        stop.set()
+        await task
+    # The same run on the unscaled data, from the same seed, gives the same delta.
+    want, _ = train_local(h.ARCH, weights, raw.x, raw.y, Hyper(), np.random.default_rng(1))
+    for name, delta in update.dense_delta().items():
+        np.testing.assert_allclose(delta, want[name], atol=1e-3)
