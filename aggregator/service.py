@@ -1,12 +1,11 @@
 """The aggregator daemon's MQTT side: the session, reconnects and acknowledgements.
 
-Updates go to the ``Intake`` on one worker thread, strictly in arrival order, in batches
-of what the broker has already delivered (one ledger commit each); each is acknowledged
-to the broker only once the intake returned its batch (its ledger record is committed by
-then), so a crash in between makes the broker deliver it again. Besides
-the receiver, a session runs the publisher (at most one retained model publish per
+What the broker delivers goes to the inbox (``aggregator.inbox``): updates to the
+``Intake`` on one worker thread, strictly in arrival order, acknowledged only after
+their batch's ledger commit. Besides the inbox, a session runs the start check
+(``aggregator.startup``), the publisher (at most one retained model publish per
 ``publish_interval``: ``aggregator.publisher``), the status heartbeat (retained
-AggregatorStatus and per-device ledgers) and the round deadline
+AggregatorStatus and per-device ledgers), the progress line and the round deadline
 (``aggregator.deadline``). The event loop itself only moves bytes.
 """
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,39 +24,29 @@ import aiomqtt
 from aggregator.config import AggregatorConfig
 from aggregator.counters import Counters
 from aggregator.deadline import Deadline
+from aggregator.inbox import Inbox
 from aggregator.intake import Intake, Outcome, Snapshot, standardization
 from aggregator.ledger import Ledger
 from aggregator.metrics import Metrics
 from aggregator.progress import Progress
 from aggregator.publisher import Evaluation, Publisher, make_out_dir
-from aggregator.startup import Held, decide, read_retained_model
+from aggregator.startup import start_check
 from aggregator.storage import storage_failure, why_offline
 from aggregator.strategies import ModelGate, Strategy
 from aggregator.strategies.gate import eval_loss
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.data import Dataset
-from fedmq.errors import FedmqError, TopicError, WireError
+from fedmq.errors import FedmqError
 from fedmq.identity import client_id
 from fedmq.model import Arch
-from fedmq.topics import Topics, parse
+from fedmq.topics import Topics
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
+from fedmq.wire import AggregatorStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 FAREWELL_TIMEOUT = 5.0  # seconds to publish the offline status on a failure
 T = TypeVar("T")
-MAX_BATCH = 256  # updates per ledger commit at most (a bound on the work between acks)
-# Device states that count as online for FedBuff's K_eff.
-ONLINE = frozenset({"online", "training", "idle"})
-
-
-def _kind(topic: str) -> str | None:
-    try:
-        return parse(topic).kind
-    except TopicError:
-        return None
-
 
 __all__ = ["Aggregator", "Evaluation"]
 
@@ -94,11 +82,9 @@ class Aggregator:
         self._dirty = asyncio.Event()
         self._deadline = Deadline(cfg.round_deadline, time.monotonic())
         self.metrics = None if cfg.metrics_port is None else Metrics()
+        self.inbox = Inbox(self.intake, self._on_worker, self._outcome, self.metrics)
         self._bytes_reported = 0
-        self._states: dict[str, str] = {}  # device -> state, from retained statuses
         self._checked = False  # the start check (aggregator.startup) runs once, at start
-        self._online: int | None = None  # devices online, as FedBuff's K_eff last heard it
-        self._stats_heard = asyncio.Event()
 
     def _open_intake(self, strategy: Strategy, arch: Arch, evalset: Dataset | None) -> Intake:
         ledger = None
@@ -235,8 +221,11 @@ class Aggregator:
             await client.subscribe(self.topics.stats_filter, qos=1)
         self.subscribed.set()
         async with TaskGroup() as tg:
-            receiver = tg.create_task(self._receive(client, persistent, stash))
-            await self._stats_quorum(stop)
+            receiver = tg.create_task(self.inbox.receive(client, persistent, stash))
+            if self.intake.std is not None:
+                await self.intake.std.quorum(
+                    self.inbox.stats_heard, stop, self.cfg.stats_quorum, self.cfg.stats_wait
+                )
             # The ONNX export waits until after "serving": devices need only the model
             # to get going, and a restart recovers faster.
             model = await self._publish_model(client, export=False)
@@ -264,20 +253,17 @@ class Aggregator:
         self.subscribed.clear()
 
     async def _start_check(self, client: aiomqtt.Client) -> list[aiomqtt.Message]:
-        """Agree with the retained model before publishing anything (aggregator.startup);
-        the updates that arrived meanwhile come back, unacknowledged, for ``_receive``."""
-        ledger, topic = self.intake.ledger, self.topics.model_global
+        """The start check (``aggregator.startup``), once; what arrived meanwhile comes
+        back, unacknowledged, for the inbox."""
+        ledger = self.intake.ledger
         if ledger is None:  # every start is a new run, which devices follow
             self._checked = True
             return []
-        retained, stash = await read_retained_model(client, topic)
-        record, origin = await self._on_worker(ledger.run)
-        held = Held(ledger.path, record, self.intake.strategy.version, origin)
-        start = decide(held, retained, accept=self.cfg.accept_rollback, new=self.cfg.new_run)
-        if start.note:
-            log.warning("start check: %s", start.note)
-        await self._on_worker(ledger.set_run, start.record)
-        self.publisher.run, self.publisher.rollbacks = start.record.run, start.record.rollbacks
+        version = self.intake.strategy.version
+        record, stash = await start_check(
+            client, self.topics.model_global, ledger, version, self.cfg, self._on_worker
+        )
+        self.publisher.run, self.publisher.rollbacks = record.run, record.rollbacks
         self._checked = True
         return stash
 
@@ -299,113 +285,6 @@ class Aggregator:
             log.warning("could not publish the offline status: %s", err)
 
     # -- updates in -------------------------------------------------------------------
-
-    async def _stats_quorum(self, stop: asyncio.Event) -> None:
-        """Before the first model: statistics from ``stats_quorum`` devices, or ``stats_wait``."""
-        std = self.intake.std
-        if std is None or std.published:  # off, or fixed by an earlier run (the ledger)
-            return
-        until = time.monotonic() + self.cfg.stats_wait
-        while True:
-            self._stats_heard.clear()  # before the count: a message in between still wakes us
-            if stop.is_set() or std.devices >= self.cfg.stats_quorum:
-                return
-            left = until - time.monotonic()
-            if left <= 0:
-                log.warning(
-                    "feature statistics from %d of %d devices after %.0fs; publishing anyway",
-                    std.devices,
-                    self.cfg.stats_quorum,
-                    self.cfg.stats_wait,
-                )
-                return
-            await wait_any(self._stats_heard, stop, timeout=left)
-
-    async def _receive(
-        self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
-    ) -> None:
-        if stash:  # what arrived during the start check, not acknowledged yet
-            await self._batch(client, persistent, stash)
-        messages = client.messages
-        async for first in messages:
-            # Everything already delivered goes to the intake as one batch (one ledger
-            # commit); while it is handled, the next batch queues up here.
-            batch = [first]
-            for _ in range(min(len(messages), MAX_BATCH - 1)):
-                batch.append(await anext(messages))
-            await self._batch(client, persistent, batch)
-
-    async def _batch(self, client: aiomqtt.Client, persistent: bool, batch: list[Any]) -> None:
-        """Handle what was delivered, in order; acknowledge it all after its commits."""
-        updates: list[tuple[str, bytes]] = []
-        for message in batch:
-            payload = message.payload if isinstance(message.payload, bytes) else b""
-            topic = str(message.topic)
-            kind = _kind(topic)
-            if kind == "device_status":
-                online = self._device_state(topic, payload)
-                if online is None:
-                    continue
-                step: tuple[Any, ...] = (self.intake.set_online, online)
-            elif kind == "stats":
-                step = (self.intake.handle_stats, topic, payload)
-            else:
-                updates.append((topic, payload))
-                continue
-            # A ledger event of its own: the updates before it go first, as they came.
-            await self._updates(updates)
-            updates = []
-            outcome = await self._on_worker(*step)
-            if kind == "stats":
-                self._stats_heard.set()
-                self._outcome(outcome)
-        await self._updates(updates)
-        # Only now is every record of the batch committed.
-        if persistent:
-            for message in batch:
-                if message.qos > 0:
-                    client._client.ack(message.mid, message.qos)
-
-    async def _updates(self, updates: list[tuple[str, bytes]]) -> None:
-        if not updates:
-            return
-        outcomes, seconds = await self._on_worker(self._timed, updates)
-        for outcome, (_, payload) in zip(outcomes, updates, strict=True):
-            self._outcome(outcome)
-            self._observe(outcome, seconds / len(updates), len(payload))
-
-    def _device_state(self, topic: str, payload: bytes) -> int | None:
-        """Note a device's state (progress, metrics); the online count for FedBuff's K_eff
-        when it changed, else None."""
-        device = parse(topic).device or ""
-        try:
-            self._states[device] = DeviceStatus.decode(payload).state
-        except WireError:  # a cleared or damaged status: the device is not counted
-            self._states.pop(device, None)
-        if self.metrics is not None:
-            self.metrics.device_states(Counter(self._states.values()))
-        online = sum(s in ONLINE for s in self._states.values())
-        if online == self._online:
-            return None
-        self._online = online
-        return online
-
-    @property
-    def devices_online(self) -> int:
-        return sum(state != "offline" for state in self._states.values())
-
-    def _timed(self, updates: list[tuple[str, bytes]]) -> tuple[list[Outcome], float]:
-        start = time.perf_counter()
-        outcomes = self.intake.handle_batch(updates)
-        return outcomes, time.perf_counter() - start
-
-    def _observe(self, outcome: Outcome, seconds: float, nbytes: int) -> None:
-        if self.metrics is None:
-            return
-        if outcome.reason is not None:
-            self.metrics.rejected(outcome.reason, seconds, nbytes)
-        elif outcome.applied:
-            self.metrics.accepted(outcome.staleness or 0, seconds, nbytes)
 
     def _outcome(self, outcome: Outcome) -> None:
         if outcome.new_version:
@@ -493,7 +372,7 @@ class Aggregator:
             snap = await self._on_worker(self.intake.snapshot)
             ev = self.last_eval
             accuracy = None if ev is None else ev.accuracy
-            progress.tick(snap.version, accuracy, snap.accepted, self.devices_online)
+            progress.tick(snap.version, accuracy, snap.accepted, self.inbox.devices.connected)
             await self._on_worker(self.counters.rejections.flush)
 
     async def _status_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:

@@ -14,11 +14,14 @@ on the intake's thread, like the rest of the intake.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import replace
 
 from aggregator.stats_store import StatsStore
 from aggregator.strategies import Contribution
+from fedmq.aio import wait_any
 from fedmq.errors import DataError, FedmqError, WireError
 from fedmq.featurestats import FeatureStats
 from fedmq.preprocess import Moments, Standardizer, pool, reparameterize
@@ -110,3 +113,28 @@ class Standardization:
             if self.store is not None:
                 self.store.put_prep(version, self.current)
         return self.current
+
+    async def quorum(
+        self, heard: asyncio.Event, stop: asyncio.Event, quorum: int, wait: float
+    ) -> None:
+        """Before the first model: statistics from ``quorum`` devices, or ``wait`` seconds.
+
+        ``heard`` is set on every statistics message the daemon hands to the intake.
+        """
+        if self.published:  # fixed by an earlier run (the ledger)
+            return
+        until = time.monotonic() + wait
+        while True:
+            heard.clear()  # before the count: a message in between still wakes us
+            if stop.is_set() or self.devices >= quorum:
+                return
+            left = until - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "feature statistics from %d of %d devices after %.0fs; publishing anyway",
+                    self.devices,
+                    quorum,
+                    wait,
+                )
+                return
+            await wait_any(heard, stop, timeout=left)

@@ -19,9 +19,10 @@ holds and what the broker retains in, the run to serve (or the refusal) out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 
@@ -30,6 +31,10 @@ from fedmq.errors import ConfigError, WireError
 from fedmq.retained import collect_retained, forget
 from fedmq.wire import GlobalModel
 from fedmq.wire import new_run as fresh_run
+
+if TYPE_CHECKING:
+    from aggregator.config import AggregatorConfig
+    from aggregator.ledger import Ledger
 
 log = logging.getLogger("fedmq.aggregator")
 START_TIMEOUT = 10.0  # seconds for each SUBSCRIBE of the start check
@@ -131,3 +136,24 @@ def _conflict(held: Held, seen: Seen) -> tuple[str, str] | None:
         f"ledger {held.path} is behind the fleet: it holds v{held.version}, {retained}"
         " (restored from a backup, or its -wal file lost after a crash?)"
     )
+
+
+async def start_check(
+    client: aiomqtt.Client,
+    topic: str,
+    ledger: Ledger,
+    version: int,
+    cfg: AggregatorConfig,
+    on_worker: Callable[..., Awaitable[Any]],
+) -> tuple[RunRecord, list[aiomqtt.Message]]:
+    """Agree with the retained model before publishing anything; the run to serve, and the
+    messages that arrived meanwhile (not acknowledged yet). ``on_worker`` runs the ledger's
+    calls on the intake's thread."""
+    retained, stash = await read_retained_model(client, topic)
+    record, origin = await on_worker(ledger.run)
+    held = Held(ledger.path, record, version, origin)
+    start = decide(held, retained, accept=cfg.accept_rollback, new=cfg.new_run)
+    if start.note:
+        log.warning("start check: %s", start.note)
+    await on_worker(ledger.set_run, start.record)
+    return start.record, stash
