@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 WINDOW_S = 60.0
 BURST = 3
+# A refused candidate model is one line a minute (a gate that fires is news; its repeats
+# are not): issue 10's rule.
+BURSTS = {"model_rejected": 1}
 NAMED = 3  # devices named in a summary, most frequent first
 
 
@@ -46,7 +49,7 @@ class RejectionLog:
             if w is not None:
                 self._summarise(reason, w, now)
             w = self._windows[reason] = _Window(start=now)
-        if w.logged < self.burst:
+        if w.logged < BURSTS.get(reason, self.burst):
             w.logged += 1
             self.log.warning("rejected update from %s [%s]: %s", device or "?", reason, message)
         else:
