@@ -57,6 +57,9 @@ class AggregatorConfig:
     durable: bool = setting(
         False, help="fsync every ledger commit (survive power loss, not just kill -9)."
     )
+    dp_delta: float = setting(
+        1e-5, help="DP accounting: ε is reported for this δ (needs noise > 0)."
+    )
 
     def __post_init__(self) -> None:
         positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
@@ -67,6 +70,8 @@ class AggregatorConfig:
             raise ConfigError(
                 "bad_setting", f"metrics_port must be 0..65535, got {self.metrics_port}"
             )
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError("bad_setting", f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
 

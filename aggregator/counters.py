@@ -63,7 +63,7 @@ class Counters:
         else:
             self._suppressed[reason] += 1
 
-    def ledger(self, device: str) -> DeviceLedger:
+    def ledger(self, device: str, epsilon: float | None = None) -> DeviceLedger:
         d = self.devices[device]
         return DeviceLedger(
             device=device,
@@ -74,4 +74,5 @@ class Counters:
             samples=d.samples,
             first_seen=d.first_seen,
             last_seen=d.last_seen,
+            epsilon=epsilon,
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from aggregator.counters import Counters
 from aggregator.ledger import Ledger
+from aggregator.privacy import PrivacyLedger
 from aggregator.strategies import Strategy
 from aggregator.validation import Validator, to_contribution
 from fedmq.errors import UpdateRejected
@@ -54,6 +55,7 @@ class Snapshot:
     rejected: dict[str, int]
     bytes_in: int
     ledgers: list[DeviceLedger] = field(default_factory=list)
+    epsilon: float | None = None  # the fleet's DP ε; None without DP
 
 
 class Intake:
@@ -65,9 +67,15 @@ class Intake:
         *,
         max_update_bytes: int = MAX_BYTES,
         ledger: Ledger | None = None,
+        noise: float = 0.0,
+        dp_delta: float = 1e-5,
         log: logging.Logger = log,
     ) -> None:
         self.arch = arch
+        # Client-level DP: with noise z > 0 each accepted update is one Gaussian
+        # mechanism on its device's data (the devices clip to C and add z·C noise).
+        self.noise = noise
+        self.privacy = PrivacyLedger(dp_delta) if noise > 0 else None
         self.strategy = strategy
         self.validator = Validator(topics, arch, max_bytes=max_update_bytes)
         self.counters = Counters(log)  # rejections are logged there
@@ -92,6 +100,8 @@ class Intake:
             else:
                 update = Update.decode(event.payload or b"", shapes=shapes, max_bytes=2**31)
                 self.strategy.apply(to_contribution(update))
+        if self.privacy is not None:
+            self.privacy.load(ledger.privacy())
         self.validator.last_seq = ledger.last_seqs()
         self.counters.accepted, self.counters.rejected = ledger.counts()
         log.info(
@@ -123,7 +133,10 @@ class Intake:
                 staleness=staleness,
                 samples=update.num_samples,
                 payload=payload,
+                noise=None if self.privacy is None else self.noise,
             )
+        if self.privacy is not None:
+            self.privacy.spend(update.device, self.noise)
         self.counters.accept(update.device, update.seq, staleness, update.num_samples)
         return Outcome(
             True, produced, self.strategy.version, device=update.device, staleness=staleness
@@ -160,7 +173,10 @@ class Intake:
     def snapshot(self, *, ledgers: bool = False) -> Snapshot:
         """The state to publish; ``ledgers`` also takes the device ledgers changed since."""
         c = self.counters
-        changed = [c.ledger(d) for d in sorted(c.dirty)] if ledgers else []
+        p = self.privacy
+        changed = [
+            c.ledger(d, epsilon=None if p is None else p.epsilon(d)) for d in sorted(c.dirty)
+        ] if ledgers else []  # fmt: skip
         if ledgers:
             c.dirty.clear()
         return Snapshot(
@@ -172,6 +188,7 @@ class Intake:
             rejected=dict(c.rejected),
             bytes_in=c.bytes_in,
             ledgers=changed,
+            epsilon=None if p is None else p.fleet_epsilon(),
         )
 
     def close(self) -> None:

@@ -170,6 +170,7 @@ class Publisher:
                 "loss": None if ev is None else ev.loss,
                 "updates_applied": snap.accepted,
                 "bytes_in": snap.bytes_in,
+                "epsilon": snap.epsilon,
             }
         )
         return ev

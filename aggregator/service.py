@@ -55,7 +55,7 @@ class Aggregator:
         hyper: Hyper,
         evalset: Dataset | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg, self.hyper = cfg, hyper
         self.topics = Topics(cfg.fleet)
         self.started_at = time.time()
         make_out_dir(cfg.out_dir)
@@ -93,6 +93,8 @@ class Aggregator:
             strategy,
             max_update_bytes=self.cfg.max_update_bytes,
             ledger=ledger,
+            noise=self.hyper.noise,
+            dp_delta=self.cfg.dp_delta,
         )
 
     # Read-only views for the demo and tests; the intake's state changes on its thread.
@@ -317,6 +319,7 @@ class Aggregator:
             last_loss=None if ev is None else ev.loss,
             started_at=self.started_at,
             at=time.time(),
+            epsilon=s.epsilon,
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:

@@ -58,13 +58,12 @@ class Hyper:
             raise ModelError("bad_hyper", "noise needs clip > 0: the noise scale is noise * clip")
 
     def to_dict(self) -> dict:
-        return {
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "batch": self.batch,
-            "mu": self.mu,
-            "clip": self.clip,
-        }
+        """The wire's ``hyper`` map; ``noise`` only when set (an optional key of v1)."""
+        out = {"lr": self.lr, "epochs": self.epochs, "batch": self.batch, "mu": self.mu}
+        out["clip"] = self.clip
+        if self.noise:
+            out["noise"] = self.noise
+        return out
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,6 @@ def new_run() -> str:
     return secrets.token_hex(RUN_HEX // 2)
 
 
-# -- messages ----------------------------------------------------------------------------
-
 M = TypeVar("M", bound="Message")
 
 
@@ -271,10 +269,7 @@ class GlobalModel(Message):
     def to_map(self) -> dict[str, Any]:
         out = super().to_map()
         out["arch"] = self.arch.to_dict()
-        hyper = self.hyper.to_dict()
-        if self.hyper.noise:
-            hyper["noise"] = self.hyper.noise
-        out["hyper"] = hyper
+        out["hyper"] = self.hyper.to_dict()
         return out
 
     @classmethod
@@ -342,6 +337,7 @@ class AggregatorStatus(Message):
     last_loss: float | None
     started_at: float
     at: float
+    epsilon: float | None = None  # fleet's DP ε (the largest device's); absent without DP
 
     KIND: ClassVar[str] = "aggregator_status"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -355,7 +351,9 @@ class AggregatorStatus(Message):
         "last_loss": optional(as_float()),
         "started_at": as_time,
         "at": as_time,
+        "epsilon": optional(as_float(lo=0.0)),
     }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"epsilon"})
 
 
 @dataclass
@@ -370,6 +368,7 @@ class DeviceLedger(Message):
     samples: int
     first_seen: float
     last_seen: float
+    epsilon: float | None = None  # DP ε this device has spent; absent without DP
 
     KIND: ClassVar[str] = "device_ledger"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -381,7 +380,9 @@ class DeviceLedger(Message):
         "samples": as_int(0, 2**63 - 1),
         "first_seen": as_time,
         "last_seen": as_time,
+        "epsilon": optional(as_float(lo=0.0)),
     }
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"epsilon"})
 
 
 MESSAGES: dict[str, type[Message]] = {

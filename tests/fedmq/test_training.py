@@ -329,3 +329,24 @@ def test_an_unset_stop_flag_and_a_loose_budget_change_nothing():
     )
     for name in plain:
         np.testing.assert_array_equal(plain[name], watched[name])
+
+
+@pytest.mark.parametrize(("clip", "z"), [(0.5, 2.0), (1.0, 1.0), (3.0, 0.5)])
+def test_dp_noise_has_std_z_times_clip_around_the_clipped_delta(clip, z):
+    """On 40 000 coordinates the sample std of N(0, σ²) is within 2 % of σ far beyond 5σ."""
+    from fedmq.training import _clip_and_noise
+
+    rng = _rng(11)
+    delta = {"w0": rng.normal(0, 1, (200, 100)).astype(np.float32), "b0": np.ones(100, "f4")}
+    delta["w1"] = rng.normal(0, 1, (200, 100)).astype(np.float32)
+    clean, clipped = _clip_and_noise(delta, Hyper(clip=clip), _rng(12))
+    assert clipped and global_norm(clean) <= clip * (1 + 1e-6)
+    noisy, _ = _clip_and_noise(delta, Hyper(clip=clip, noise=z), _rng(12))
+    noise = np.concatenate([(noisy[k] - clean[k]).ravel().astype(np.float64) for k in clean])
+    assert float(noise.std()) == pytest.approx(z * clip, rel=0.02)
+    assert abs(float(noise.mean())) < 5 * z * clip / np.sqrt(noise.size)
+
+
+def test_hyper_writes_noise_only_when_set():
+    assert "noise" not in Hyper(clip=1.0).to_dict()
+    assert Hyper(clip=1.0, noise=0.5).to_dict()["noise"] == 0.5
