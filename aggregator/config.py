@@ -58,7 +58,7 @@ class AggregatorConfig:
         False, help="fsync every ledger commit (survive power loss, not just kill -9)."
     )
     dp_delta: float = setting(
-        1e-5, help="DP accounting: ε is reported for this δ (needs noise > 0)."
+        1e-5, help="DP accounting: ε is reported for this δ (needs dp_noise > 0)."
     )
 
     def __post_init__(self) -> None:

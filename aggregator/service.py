@@ -93,7 +93,7 @@ class Aggregator:
             strategy,
             max_update_bytes=self.cfg.max_update_bytes,
             ledger=ledger,
-            noise=self.hyper.noise,
+            noise=self.hyper.dp_noise,
             dp_delta=self.cfg.dp_delta,
         )
 

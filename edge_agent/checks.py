@@ -64,10 +64,10 @@ class Limits:
 
 def check_dp_policy(hyper: Hyper) -> None:
     """Refuse a DP policy (clip C, noise multiplier z) outside sane limits (``dp_policy``)."""
-    if hyper.noise > MAX_DP_NOISE or (hyper.noise > 0 and hyper.clip > MAX_DP_CLIP):
+    if hyper.dp_noise > MAX_DP_NOISE or (hyper.dp_noise > 0 and hyper.dp_clip > MAX_DP_CLIP):
         raise FedmqError(
             "dp_policy",
-            f"DP policy clip={hyper.clip:g} noise={hyper.noise:g} is outside the sane limits"
+            f"DP policy clip={hyper.dp_clip:g} noise={hyper.dp_noise:g} is outside the sane limits"
             f" (noise <= {MAX_DP_NOISE:g}, clip <= {MAX_DP_CLIP:g} with noise)",
         )
 

@@ -15,8 +15,8 @@ LIMITS = Limits(max_epochs=50, max_batch=1024)
 @pytest.mark.parametrize(
     "hyper",
     [
-        Hyper(clip=1.0, noise=MAX_DP_NOISE * 1.01),
-        Hyper(clip=MAX_DP_CLIP * 2, noise=1.0),
+        Hyper(dp_clip=1.0, dp_noise=MAX_DP_NOISE * 1.01),
+        Hyper(dp_clip=MAX_DP_CLIP * 2, dp_noise=1.0),
     ],
 )
 def test_a_policy_outside_the_sane_limits_is_refused(hyper: Hyper) -> None:
@@ -28,7 +28,12 @@ def test_a_policy_outside_the_sane_limits_is_refused(hyper: Hyper) -> None:
 
 @pytest.mark.parametrize(
     "hyper",
-    [Hyper(), Hyper(clip=1.0, noise=1.0), Hyper(clip=1.0, noise=MAX_DP_NOISE), Hyper(clip=1e6)],
+    [
+        Hyper(),
+        Hyper(dp_clip=1.0, dp_noise=1.0),
+        Hyper(dp_clip=1.0, dp_noise=MAX_DP_NOISE),
+        Hyper(dp_clip=1e6),
+    ],
 )
 def test_sane_policies_pass(hyper: Hyper) -> None:
     check_hyper(hyper, LIMITS)
