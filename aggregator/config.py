@@ -97,6 +97,9 @@ class AggregatorConfig:
         False, help="If the ledger disagrees with the fleet's retained model: continue from it "
         "as a new run (a fresh run id).", sources=("flag", "env"),
     )  # fmt: skip
+    dp_delta: float = setting(
+        1e-5, help="DP accounting: ε is reported for this δ (needs dp_noise > 0)."
+    )
 
     def __post_init__(self) -> None:
         positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
@@ -120,6 +123,8 @@ class AggregatorConfig:
                 raise ConfigError("bad_setting", f"{name} must be finite and {rule}")
         if self.accept_rollback and self.new_run:
             raise ConfigError("bad_setting", "give --accept-rollback or --new-run, not both")
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError("bad_setting", f"dp_delta must be in (0, 1), got {self.dp_delta}")
         if not 5 <= self.keepalive <= 3600:
             raise ConfigError("bad_setting", "keepalive must be between 5 and 3600 seconds")
 

@@ -64,7 +64,7 @@ class Counters:
                 d.last_seq = max(d.last_seq, seq)
         self.rejections.note(reason, device, message)
 
-    def ledger(self, device: str) -> DeviceLedger:
+    def ledger(self, device: str, epsilon: float | None = None) -> DeviceLedger:
         d = self.devices[device]
         return DeviceLedger(
             device=device,
@@ -75,4 +75,5 @@ class Counters:
             samples=d.samples,
             first_seen=d.first_seen,
             last_seen=d.last_seen,
+            epsilon=epsilon,
         )

@@ -21,6 +21,7 @@ from typing import Any
 
 from aggregator.counters import Counters
 from aggregator.ledger import Ledger
+from aggregator.privacy import PrivacyLedger
 from aggregator.standardize import Standardization
 from aggregator.stats_store import StatsStore
 from aggregator.strategies import Contribution, ModelGate, Strategy
@@ -65,6 +66,7 @@ class Snapshot:
     bytes_in: int
     ledgers: list[DeviceLedger] = field(default_factory=list)
     prep: Standardizer | None = None  # with standardization on
+    epsilon: float | None = None  # the fleet's DP ε; None without DP
 
 
 class Intake:
@@ -78,10 +80,16 @@ class Intake:
         ledger: Ledger | None = None,
         gate: ModelGate | None = None,
         standardize: bool | Standardization = False,
+        noise: float = 0.0,
+        dp_delta: float = 1e-5,
         log: logging.Logger = log,
     ) -> None:
         """``gate`` None: the strategy's own gate, else a ``ModelGate`` with its defaults."""
         self.arch = arch
+        # Client-level DP: with noise z > 0 each accepted update is one Gaussian
+        # mechanism on its device's data (the devices clip to C and add z·C noise).
+        self.noise = noise
+        self.privacy = PrivacyLedger(dp_delta) if noise > 0 else None
         self.strategy = strategy
         self.topics = topics
         self.validator = Validator(topics, arch, max_bytes=max_update_bytes)
@@ -122,6 +130,8 @@ class Intake:
             else:
                 update = Update.decode(event.payload or b"", shapes=shapes, max_bytes=2**31)
                 self.strategy.apply(self._mapped(to_contribution(update)))
+        if self.privacy is not None:
+            self.privacy.load(ledger.privacy())
         self.validator.last_seq = ledger.last_seqs()
         self.counters.accepted, self.counters.rejected = ledger.counts()
         log.info(
@@ -156,7 +166,10 @@ class Intake:
                 staleness=staleness,
                 samples=update.num_samples,
                 payload=payload,
+                noise=None if self.privacy is None else self.noise,
             )
+        if self.privacy is not None:
+            self.privacy.spend(update.device, self.noise)
         self.counters.accept(update.device, update.seq, staleness, update.num_samples)
         return Outcome(
             True, produced, self.strategy.version, device=update.device, staleness=staleness
@@ -275,7 +288,10 @@ class Intake:
         if self.std is not None:
             prep = self.std.publish(self.strategy.version) if publish else self.std.current
         c = self.counters
-        changed = [c.ledger(d) for d in sorted(c.dirty)] if ledgers else []
+        p = self.privacy
+        changed = [
+            c.ledger(d, epsilon=None if p is None else p.epsilon(d)) for d in sorted(c.dirty)
+        ] if ledgers else []  # fmt: skip
         if ledgers:
             c.dirty.clear()
         return Snapshot(
@@ -288,6 +304,7 @@ class Intake:
             bytes_in=c.bytes_in,
             ledgers=changed,
             prep=prep,
+            epsilon=None if p is None else p.fleet_epsilon(),
         )
 
     def close(self) -> None:

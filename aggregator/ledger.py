@@ -41,6 +41,11 @@ from aggregator.strategies import Strategy
 from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
 from fedmq.errors import ConfigError
 
+# DP spend: each device's Gaussian mechanisms by noise multiplier z, never folded away.
+PRIVACY_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS privacy (device TEXT NOT NULL, z REAL NOT NULL,"
+    " n INTEGER NOT NULL, PRIMARY KEY (device, z)) WITHOUT ROWID"
+)
 # Events that may be folded: older than the newest ``keep_events``, and either covered
 # by the checkpoint or rejected (rejections are never replayed).
 FOLDABLE = "id <= :cutoff AND (id <= :covered OR kind = 'rejected')"
@@ -75,6 +80,8 @@ class Ledger:
             # on its own thread and then records from its intake worker.
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             open_schema(self.db, self.path, "empty" if empty else "new")
+            # Added within schema 3: an older ledger just gains the table.
+            self.db.execute(PRIVACY_SCHEMA)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         except (OSError, sqlite3.Error) as exc:
@@ -110,6 +117,7 @@ class Ledger:
         staleness: int | None = None,
         samples: int | None = None,
         payload: bytes | None = None,
+        noise: float | None = None,
     ) -> bool:
         """Commit one event (and a checkpoint when one is due); False for a known (device, seq)."""
         changes = kind != "rejected"
@@ -128,6 +136,12 @@ class Ledger:
             if changes and payload is not None:
                 self.db.execute(
                     "INSERT INTO payloads (event, payload) VALUES (?, ?)", (cur.lastrowid, payload)
+                )
+            if kind == "applied" and noise is not None:
+                self.db.execute(
+                    "INSERT INTO privacy (device, z, n) VALUES (?, ?, 1)"
+                    " ON CONFLICT (device, z) DO UPDATE SET n = n + 1",
+                    (device, float(noise)),
                 )
             if changes:
                 self._since_checkpoint += 1
@@ -282,6 +296,13 @@ class Ledger:
                 ") GROUP BY device"
             ).fetchall()
         )
+
+    def privacy(self) -> dict[str, dict[str, int]]:
+        """The DP spend, as ``PrivacyLedger.state()`` has it: device -> {z as text: count}."""
+        out: dict[str, dict[str, int]] = {}
+        for device, z, n in self.db.execute("SELECT device, z, n FROM privacy"):
+            out.setdefault(device, {})[repr(float(z))] = n
+        return out
 
     def counts(self) -> tuple[int, Counter]:
         """Updates applied, and rejections by reason, over the ledger's whole life."""

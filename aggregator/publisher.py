@@ -178,6 +178,7 @@ class Publisher:
             "updates_applied": snap.accepted,
             "bytes_in": snap.bytes_in,
             "run": self.run,
+            "epsilon": snap.epsilon,
         }
         self.history.append(line)
         self.recent.add(line)

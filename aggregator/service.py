@@ -60,7 +60,7 @@ class Aggregator:
         hyper: Hyper,
         evalset: Dataset | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg, self.hyper = cfg, hyper
         self.topics = Topics(cfg.fleet)
         self.started_at = time.time()
         make_out_dir(cfg.out_dir)
@@ -109,6 +109,8 @@ class Aggregator:
             ledger=ledger,
             gate=gate,
             standardize=std or False,
+            noise=self.hyper.dp_noise,
+            dp_delta=self.cfg.dp_delta,
         )
 
     # Read-only views for the demo and tests; the intake's state changes on its thread.
@@ -351,6 +353,7 @@ class Aggregator:
             run=self.publisher.run,
             reason=why.get("reason"),
             message=" ".join(str(why.get("message")).split())[:256] if why.get("message") else None,
+            epsilon=s.epsilon,
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:

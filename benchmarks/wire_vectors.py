@@ -42,7 +42,7 @@ from fedmq.wire import (
 OUT = Path(__file__).resolve().parents[1] / "docs" / "wire-vectors"
 ARCH = Arch("mlp", (3, 4, 2))
 RUN = "0f1e2d3c4b5a6978"
-HYPER = Hyper(lr=0.05, epochs=2, batch=16, mu=0.01, clip=1.5, noise=0.5)
+HYPER = Hyper(lr=0.05, epochs=2, batch=16, mu=0.01, dp_clip=1.5, dp_noise=0.5)
 SCHEMA = Schema(("temp_c", "lux", "rpm"), "activity", "classification", ("idle", "running"))
 
 

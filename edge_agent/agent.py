@@ -32,6 +32,7 @@ from edge_agent.checks import (
     one_line,
     read_ledger,
     read_model,
+    rng_for,
 )
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
@@ -77,7 +78,7 @@ class Agent:
         self.topics = Topics(cfg.fleet)
         self.seqs = SeqStore(cfg.state_dir)
         self.stats = AgentStats()
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = rng_for(cfg.seed, cfg.device)
         self.meter = ProcessMeter()
         self._latest: GlobalModel | None = None
         self._new_model = asyncio.Event()

@@ -41,6 +41,20 @@ def follows(held: GlobalModel | None, offered: GlobalModel) -> bool:
     return held is None or offered.run != held.run or stamp(offered) > stamp(held)
 
 
+# A DP policy outside these is a mistake or an attack, not a privacy choice: z above
+# 100 drowns any signal, a clip norm above 1e4 bounds nothing a model this size sends.
+MAX_DP_NOISE = 100.0
+MAX_DP_CLIP = 1e4
+
+
+def rng_for(seed: int | None, device: str) -> np.random.Generator:
+    """The device's RNG (training order and DP noise); a ``seed`` is mixed with the device
+    id so two devices given the same seed still draw independent noise."""
+    if seed is None:
+        return np.random.default_rng()  # OS entropy: DP noise nobody can predict
+    return np.random.default_rng([seed, *device.encode()])
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a received ``hyper`` may ask of this device (the agent's max_* settings;
@@ -50,8 +64,19 @@ class Limits:
     max_batch: int
 
 
+def check_dp_policy(hyper: Hyper) -> None:
+    """Refuse a DP policy (clip C, noise multiplier z) outside sane limits (``dp_policy``)."""
+    if hyper.dp_noise > MAX_DP_NOISE or (hyper.dp_noise > 0 and hyper.dp_clip > MAX_DP_CLIP):
+        raise FedmqError(
+            "dp_policy",
+            f"DP policy clip={hyper.dp_clip:g} noise={hyper.dp_noise:g} is outside the sane limits"
+            f" (noise <= {MAX_DP_NOISE:g}, clip <= {MAX_DP_CLIP:g} with noise)",
+        )
+
+
 def check_hyper(hyper: Hyper, limits: Limits) -> None:
     """Refuse a ``hyper`` beyond this device's limits (reason ``hyper_limit``)."""
+    check_dp_policy(hyper)
     for name, asked, allowed in (
         ("epochs", hyper.epochs, limits.max_epochs),
         ("batch", hyper.batch, limits.max_batch),

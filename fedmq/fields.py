@@ -172,7 +172,7 @@ def as_hyper(value: Any, name: str) -> Hyper:
         for key, item in value.items()
     }
     try:
-        return Hyper(**args)
+        return Hyper.from_wire(args)
     except ModelError as exc:
         raise WireError("bad_value", f"{name}: {exc.message}") from None
 

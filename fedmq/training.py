@@ -27,18 +27,21 @@ from fedmq.settings import setting
 class Hyper:
     """Devices' hyper-parameters (the aggregator ships them in ``GlobalModel.hyper``).
 
-    ``mu`` is the FedProx proximal weight (0 = plain FedAvg local SGD); ``clip`` bounds
-    the L2 norm of the delta (0 = no clipping); ``noise`` is the standard deviation of
-    Gaussian noise added to the clipped delta, as a multiple of ``clip`` (client-level DP).
+    ``mu`` is the FedProx proximal weight (0 = plain FedAvg local SGD); ``dp_clip`` (C)
+    bounds the L2 norm of the delta (0 = no clipping); ``dp_noise`` (z) is the standard
+    deviation of Gaussian noise added to the clipped delta, as a multiple of C: the
+    fleet's client-level DP policy. On the wire they are ``clip`` and ``noise``.
     """
 
     lr: float = setting(0.05, help="Devices' local learning rate.")
     epochs: int = setting(1, help="Devices' local epochs per run (1 to 1000).")
     batch: int = setting(16, help="Devices' local batch size.")
     mu: float = setting(0.0, help="FedProx proximal weight μ (0: plain local SGD).")
-    clip: float = setting(0.0, help="Devices clip their delta to this L2 norm (0: no clipping).")
-    noise: float = setting(
-        0.0, help="Gaussian noise added to each clipped delta, as a multiple of clip (needs clip)."
+    dp_clip: float = setting(
+        0.0, help="DP: devices clip their delta to this L2 norm C (0: no clipping)."
+    )
+    dp_noise: float = setting(
+        0.0, help="DP: noise multiplier z; devices add Gaussian noise of std z·C (needs dp_clip)."
     )
 
     def __post_init__(self) -> None:
@@ -47,25 +50,33 @@ class Hyper:
             "epochs": isinstance(self.epochs, int) and 1 <= self.epochs <= 1000,
             "batch": isinstance(self.batch, int) and 1 <= self.batch <= 1_000_000,
             "mu": self.mu >= 0 and np.isfinite(self.mu),
-            "clip": self.clip >= 0 and np.isfinite(self.clip),
-            "noise": self.noise >= 0 and np.isfinite(self.noise),
+            "dp_clip": self.dp_clip >= 0 and np.isfinite(self.dp_clip),
+            "dp_noise": self.dp_noise >= 0 and np.isfinite(self.dp_noise),
         }
         for name, ok in checks.items():
             if not ok:
                 raise ModelError(
                     "bad_hyper", f"hyper-parameter {name}={getattr(self, name)!r} is out of range"
                 )
-        if self.noise > 0 and self.clip <= 0:
+        if self.dp_noise > 0 and self.dp_clip <= 0:
             raise ModelError("bad_hyper", "noise needs clip > 0: the noise scale is noise * clip")
 
     def to_dict(self) -> dict:
-        return {
-            "lr": self.lr,
-            "epochs": self.epochs,
-            "batch": self.batch,
-            "mu": self.mu,
-            "clip": self.clip,
-        }
+        """The wire's ``hyper`` map; ``noise`` only when set (an optional key of v1)."""
+        out = {"lr": self.lr, "epochs": self.epochs, "batch": self.batch, "mu": self.mu}
+        out["clip"] = self.dp_clip
+        if self.dp_noise:
+            out["noise"] = self.dp_noise
+        return out
+
+    @classmethod
+    def from_wire(cls, values: Mapping[str, float | int]) -> Hyper:
+        """The inverse of ``to_dict``: wire keys ``clip`` and ``noise`` are the DP policy."""
+        args = dict(values)
+        for wire, name in (("clip", "dp_clip"), ("noise", "dp_noise")):
+            if wire in args:
+                args[name] = args.pop(wire)
+        return cls(**args)
 
 
 @dataclass(frozen=True)
@@ -87,9 +98,9 @@ def clip_delta(delta: Mapping[str, np.ndarray], max_norm: float) -> tuple[Weight
 
 
 def _clip_and_noise(delta: Weights, hyper: Hyper, rng: np.random.Generator) -> tuple[Weights, bool]:
-    delta, clipped = clip_delta(delta, hyper.clip)
-    if hyper.noise > 0:
-        sigma = hyper.noise * hyper.clip
+    delta, clipped = clip_delta(delta, hyper.dp_clip)
+    if hyper.dp_noise > 0:
+        sigma = hyper.dp_noise * hyper.dp_clip
         delta = {
             k: (v + rng.normal(0.0, sigma, v.shape)).astype(np.float32) for k, v in delta.items()
         }

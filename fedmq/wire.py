@@ -240,10 +240,7 @@ class GlobalModel(Message):
     def to_map(self) -> dict[str, Any]:
         out = super().to_map()
         out["arch"] = self.arch.to_dict()
-        hyper = self.hyper.to_dict()
-        if self.hyper.noise:
-            hyper["noise"] = self.hyper.noise
-        out["hyper"] = hyper
+        out["hyper"] = self.hyper.to_dict()  # ``noise`` only when not 0
         if self.prep is not None:
             out["prep"] = {"mean": self.prep.mean, "scale": self.prep.scale}
         return out
@@ -322,6 +319,7 @@ class AggregatorStatus(Message):
     run: str | None = None
     reason: str | None = None
     message: str | None = None
+    epsilon: float | None = None  # fleet's DP ε (the largest device's); absent without DP
 
     KIND: ClassVar[str] = "aggregator_status"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -338,8 +336,14 @@ class AggregatorStatus(Message):
         "run": optional(as_hex(RUN_HEX)),
         "reason": optional(as_str(max_len=64)),
         "message": optional(as_str(max_len=MAX_STATUS_MESSAGE)),
+        "epsilon": optional(as_float(lo=0.0)),
     }
-    OPTIONAL: ClassVar[Mapping[str, Any]] = {"run": None, "reason": None, "message": None}
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {
+        "run": None,
+        "reason": None,
+        "message": None,
+        "epsilon": None,
+    }
 
 
 @dataclass
@@ -354,6 +358,7 @@ class DeviceLedger(Message):
     samples: int
     first_seen: float
     last_seen: float
+    epsilon: float | None = None  # DP ε this device has spent; absent without DP
 
     KIND: ClassVar[str] = "device_ledger"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -365,7 +370,9 @@ class DeviceLedger(Message):
         "samples": as_int(0, 2**63 - 1),
         "first_seen": as_time,
         "last_seen": as_time,
+        "epsilon": optional(as_float(lo=0.0)),
     }
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {"epsilon": None}
 
 
 MESSAGES: dict[str, type[Message]] = {

@@ -99,7 +99,7 @@ def global_models(draw: st.DrawFn) -> GlobalModel:
         epochs=draw(st.integers(1, 20)),
         batch=draw(st.integers(1, 512)),
         mu=draw(st.floats(0, 1)),
-        clip=draw(st.floats(0, 10)),
+        dp_clip=draw(st.floats(0, 10)),
     )
     return GlobalModel.build(
         draw(small_int), arch, draw(deltas(arch)), hyper, run=draw(runs), created_at=draw(times)

@@ -145,8 +145,8 @@ def centralized_baseline(
         lr=task.hyper.lr if lr is None else lr,
         batch=task.hyper.batch if batch is None else batch,
         mu=0.0,
-        clip=0.0,
-        noise=0.0,
+        dp_clip=0.0,
+        dp_noise=0.0,
     )
     base = init_weights(task.arch, seed)
     delta, _ = train_local(
