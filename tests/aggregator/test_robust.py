@@ -129,7 +129,13 @@ def test_trimmed_fedbuff_is_unweighted_and_trims():
     # trimmed means 2 and 5/3 (the 1000-sample claim carries no extra weight)
     np.testing.assert_allclose(s.weights["w0"], [1 + 0.5 * 2, 0.5 * 5 / 3], rtol=1e-6)
     assert s.version == 1 and s.pending == 0
-    assert s.params() == {"k": 5, "server_lr": 0.5, "max_staleness": 64, "trim": 0.2}
+    assert s.params() == {
+        "k": 5,
+        "server_lr": 0.5,
+        "max_staleness": 64,
+        "server_opt": "none",
+        "trim": 0.2,
+    }
 
 
 def test_trimmed_fedbuff_scales_staleness_before_trimming():
@@ -156,7 +162,7 @@ def test_wrapper_delegates_and_clips_before_the_inner_strategy():
 def test_make_strategy_without_defence_is_unchanged():
     s = make_strategy("fedbuff", w(0.0), k=2)
     assert type(s) is FedBuff
-    assert s.params() == {"k": 2, "server_lr": 1.0, "max_staleness": 64}
+    assert s.params() == {"k": 2, "server_lr": 1.0, "max_staleness": 64, "server_opt": "none"}
 
 
 @pytest.mark.parametrize(
