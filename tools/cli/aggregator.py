@@ -15,7 +15,7 @@ from fedmq.errors import ConfigError
 from fedmq.logs import LogSettings
 from fedmq.settings import refuse_password_flag
 from fedmq.training import Hyper
-from tools.cli.ops_common import FLEET, JSON, TIMEOUT, broker_config, print_json, snapshot
+from tools.cli.ops_common import FLEET, JSON, TIMEOUT, broker_config, print_json, snapshot, utc
 from tools.cli.options import PASSWORD, with_settings
 
 CONFIG = typer.Option(None, "--config", help="TOML file with an [aggregator] table.")
@@ -98,6 +98,8 @@ def status_command(
     for key, value in doc.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif key in ("started_at", "status_at"):
+            value = utc(value)
         typer.echo(f"{key:>15}: {value}")
 
 

@@ -6,14 +6,22 @@ import asyncio
 import contextlib
 import sys
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import typer
 
 from fedmq.config import BrokerConfig, BrokerSettings
 from fedmq.errors import ConfigError
-from tools.cli.ops_common import FLEET, JSON, TIMEOUT, broker_config, print_json, snapshot, topics
+from tools.cli.ops_common import (
+    FLEET,
+    JSON,
+    TIMEOUT,
+    broker_config,
+    print_json,
+    snapshot,
+    topics,
+    utc,
+)
 from tools.cli.options import PASSWORD, with_settings
 from tools.ops.fleet import COLUMNS, STATES, FleetSnapshot, filters, select
 from tools.ops.jsonify import plain
@@ -140,8 +148,7 @@ _TIMES = ("at", "first_seen", "last_seen")
 
 def _value(key: str, value: Any, now: float) -> str:
     if key in _TIMES and isinstance(value, int | float):
-        when = datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
-        return f"{when} ({_ago(value, now)})"
+        return f"{utc(value)} ({_ago(value, now)})"
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "none"
     if isinstance(value, float):

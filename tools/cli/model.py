@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tools.cli.ops_common import (
     retained,
     snapshot,
     topics,
+    utc,
 )
 from tools.cli.options import PASSWORD, with_settings
 from tools.ops import model as ops
@@ -76,7 +76,7 @@ def show_command(
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif key == "created_at":
-            value = datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+            value = utc(value)
         typer.echo(f"{key:>11}: {'-' if value is None else value}")
 
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import typer
@@ -28,6 +29,11 @@ BROKER_SCHEMA = Schema("agent", BrokerSettings)
 FLEET = typer.Option("default", "--fleet", help="Fleet name: its topics live under fl/FLEET/.")
 TIMEOUT = typer.Option(5.0, "--timeout", help="Seconds to wait for the broker to connect.")
 JSON = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
+
+
+def utc(at: float) -> str:
+    """A wire timestamp as the operator reads it: ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds")
 
 
 def broker_config(settings: dict[str, Any], password: str | None) -> BrokerConfig:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import aiomqtt
@@ -132,6 +133,9 @@ async def test_the_operator_commands_see_a_running_fleet(
         status = json.loads(fedmq("aggregator", "status", *common, "--json").stdout)
         assert status["strategy"] == "fedasync" and status["accepted"] > 0
         assert status["devices"]["offline"] == 1 and sum(status["devices"].values()) == 3
+        human = fedmq("aggregator", "status", *common).stdout
+        started = datetime.fromtimestamp(status["started_at"], timezone.utc)
+        assert f"started_at: {started.isoformat(timespec='seconds')}" in human, human
 
         inspected = fedmq("inspect", f"fl/{fleet}/devices/+/status", *common[:2], "--count", "3")
         lines = [json.loads(x) for x in inspected.stdout.splitlines()]
