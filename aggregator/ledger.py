@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.ledger_schema import RunRecord, open_schema, read_run, write_run
+from aggregator.ledger_schema import RunRecord, mark_open, open_schema, read_run, write_run
 from aggregator.storage import storage_failure
 from aggregator.strategies import Strategy
 from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
@@ -75,6 +75,7 @@ class Ledger:
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             empty = self.path.exists() and self.path.stat().st_size == 0
+            had_wal = self.path.with_name(self.path.name + "-wal").exists()
             os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             # One caller at a time, but not always the same thread: the service resumes
             # on its own thread and then records from its intake worker.
@@ -84,6 +85,9 @@ class Ledger:
             self.db.execute(PRIVACY_SCHEMA)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            # Left open by a writer that died, yet no -wal beside it: what that WAL held
+            # (acknowledged updates since the last checkpoint) is gone.
+            self.wal_lost = mark_open(self.db, True) and not had_wal
         except (OSError, sqlite3.Error) as exc:
             what = f"cannot open ledger {self.path}"
             raise storage_failure(exc, what) or ConfigError("bad_ledger", f"{what}: {exc}") from exc
@@ -102,6 +106,10 @@ class Ledger:
             write_run(self.db, record)
 
     def close(self) -> None:
+        """Close cleanly: clear the ``open`` marker (best effort: on a full disk the next
+        start still finds the -wal SQLite could not fold in)."""
+        with contextlib.suppress(sqlite3.Error):
+            mark_open(self.db, False)
         self.db.close()
 
     # -- writing -----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from fedmq.errors import ConfigError
 SCHEMA_VERSION = 3  # 0 with tables: an earlier fedmq, which pickled; 2: no meta table
 META = """
 CREATE TABLE meta (                -- the federation this ledger belongs to
-    key TEXT PRIMARY KEY,          -- run | rollbacks | replaces | origin
+    key TEXT PRIMARY KEY,          -- run | rollbacks | replaces | origin | open
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
@@ -119,6 +119,21 @@ def read_run(db: sqlite3.Connection) -> tuple[RunRecord, str | None]:
     meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     record = RunRecord(meta.get("run"), int(meta.get("rollbacks", 0)), meta.get("replaces"))
     return record, meta.get("origin")
+
+
+def mark_open(db: sqlite3.Connection, is_open: bool) -> bool:
+    """Set the ``open`` marker (an aggregator holds this ledger); True if it was set.
+
+    The marker goes into the main file at once (a checkpoint), so a ledger whose writer
+    died keeps it there even when its ``-wal`` file is lost with what it held.
+    """
+    (was,) = db.execute("SELECT COUNT(*) FROM meta WHERE key = 'open'").fetchone()
+    if is_open:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('open', '1')")
+        db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+    else:
+        db.execute("DELETE FROM meta WHERE key = 'open'")
+    return bool(was)
 
 
 def write_run(db: sqlite3.Connection, record: RunRecord) -> None:

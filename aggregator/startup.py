@@ -48,6 +48,7 @@ class Held:
     record: RunRecord
     version: int
     origin: str | None = None  # new | empty (0 bytes): no start check accepted it yet
+    wal_lost: bool = False  # its writer died and its -wal file is gone (``Ledger``)
 
 
 @dataclass(frozen=True)
@@ -91,18 +92,23 @@ def decide(
 ) -> Start:
     """The run to start with, or a ConfigError naming the conflict and its resolutions."""
     record = held.record
-    if seen is None:  # nothing retained: nothing to disagree with
-        return Start(RunRecord(record.run or make_run(), record.rollbacks, record.replaces))
     conflict = _conflict(held, seen)
     if conflict is None:
-        return Start(RunRecord(record.run or seen.run, record.rollbacks, record.replaces))
+        run = record.run or (seen.run if seen is not None else make_run())
+        return Start(RunRecord(run, record.rollbacks, record.replaces))
     reason, message = conflict
     if new:
         run = make_run()
-        return Start(RunRecord(run, 0, seen.run), f"{message}; new run {run} (--new-run)")
+        replaces = None if seen is None else seen.run
+        return Start(RunRecord(run, 0, replaces), f"{message}; new run {run} (--new-run)")
     if accept:
+        if reason == "wal_lost":  # not behind what devices hold: nothing to announce
+            run = record.run or (seen.run if seen is not None else make_run())
+            note = f"{message}; continuing from it (--accept-rollback)"
+            return Start(RunRecord(run, record.rollbacks, record.replaces), note)
         if reason == "run_mismatch":  # devices follow another run anyway
             return Start(RunRecord(record.run, record.rollbacks), f"{message}; kept its run")
+        assert seen is not None  # every other conflict is with the retained model
         rollbacks = max(record.rollbacks, seen.rollbacks) + 1
         note = f"{message}; rollback {rollbacks} of run {seen.run} announced (--accept-rollback)"
         return Start(RunRecord(seen.run, rollbacks), note)
@@ -119,8 +125,15 @@ async def read_retained_model(
     return Seen.of(found.get(topic)), stash
 
 
-def _conflict(held: Held, seen: Seen) -> tuple[str, str] | None:
+def _conflict(held: Held, seen: Seen | None) -> tuple[str, str] | None:
     """(reason, message) when the ledger cannot simply continue what the devices hold."""
+    lost = (
+        "wal_lost",
+        f"ledger {held.path} was left open by an aggregator that died and its -wal file is"
+        " gone: the updates it acknowledged since its last checkpoint are lost",
+    )
+    if seen is None:  # nothing retained: nothing to disagree with but the ledger itself
+        return lost if held.wal_lost else None
     retained = f"the broker retains model v{seen.version} of run {seen.run}"
     if held.origin is not None:
         what = "empty (0 bytes)" if held.origin == "empty" else "new"
@@ -131,10 +144,14 @@ def _conflict(held: Held, seen: Seen) -> tuple[str, str] | None:
             return None  # a --new-run start whose first model is not out yet
         return "run_mismatch", f"ledger {held.path} is of run {run} but {retained}"
     if (held.record.rollbacks, held.version) >= (seen.rollbacks, seen.version):
-        return None
+        return lost if held.wal_lost else None
+    why = (
+        "its -wal file was lost after a crash"
+        if held.wal_lost
+        else "restored from a backup, or its -wal file lost after a crash?"
+    )
     return "ledger_behind", (
-        f"ledger {held.path} is behind the fleet: it holds v{held.version}, {retained}"
-        " (restored from a backup, or its -wal file lost after a crash?)"
+        f"ledger {held.path} is behind the fleet: it holds v{held.version}, {retained} ({why})"
     )
 
 
@@ -151,7 +168,7 @@ async def start_check(
     calls on the intake's thread."""
     retained, stash = await read_retained_model(client, topic)
     record, origin = await on_worker(ledger.run)
-    held = Held(ledger.path, record, version, origin)
+    held = Held(ledger.path, record, version, origin, ledger.wal_lost)
     start = decide(held, retained, accept=cfg.accept_rollback, new=cfg.new_run)
     if start.note:
         log.warning("start check: %s", start.note)

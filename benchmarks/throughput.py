@@ -114,15 +114,20 @@ async def _bare(client_kwargs: dict[str, Any], cid: str, n: int) -> float:
 async def _aggregator(
     url: str, fleet: str, cid: str, strategy: str, arch: Arch, n: int, work: Path, prof: bool
 ) -> tuple[float, dict[str, Any]]:
+    # The synthetic devices send no feature statistics: standardization would only wait.
     cfg = AggregatorConfig(
-        broker=BrokerConfig.from_url(url), fleet=fleet, out_dir=work, client_id=cid
+        broker=BrokerConfig.from_url(url),
+        fleet=fleet,
+        out_dir=work,
+        client_id=cid,
+        standardize=False,
     )
     strat = make_strategy(strategy, init_weights(arch, 0), 0, defence=True)
     agg = Aggregator(cfg, strat, arch, Hyper())
     stop = asyncio.Event()
     seen = 0
     done_at = 0.0
-    handle = agg._outcome  # called on the event loop after each update the intake handled
+    handle = agg.inbox.on_outcome  # on the event loop after each update the intake handled
 
     def spy(outcome: Outcome) -> None:
         nonlocal seen, done_at
@@ -132,7 +137,7 @@ async def _aggregator(
             done_at = time.perf_counter()
             stop.set()
 
-    agg._outcome = spy  # type: ignore[method-assign]
+    agg.inbox.on_outcome = spy
     loop_prof, worker_prof = cProfile.Profile(), cProfile.Profile()
     if prof:
         agg._worker.submit(worker_prof.enable).result()

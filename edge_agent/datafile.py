@@ -52,12 +52,13 @@ class DataFile:
 
     def __init__(self, data: LocalData, path: Path | None, loader: Loader | None) -> None:
         self.data = data
-        self.path = path if loader is not None else None
+        self.path = path if loader is not None else None  # watched only with a loader
         self.loader = loader
         self._seen = self._stamp()
-        if self.path is not None:
-            self.digest = file_digest(self.path)
-        else:  # in memory: read without a schema, so plain is there
+        source = self.path or data.path
+        if source is not None:
+            self.digest = file_digest(source)
+        else:  # in memory, so read without a schema: plain is there
             assert data.plain is not None
             self.digest = data_digest(data.plain)
 

@@ -41,6 +41,16 @@ def test_unit_keeps_its_promises(unit: Path) -> None:
     assert s["ExecStart"][0].startswith(INSTALLED)
 
 
+def test_a_start_that_needs_an_operator_is_not_restarted_in_a_loop() -> None:
+    from fedmq.errors import ConfigError, StorageError
+
+    by_name = {u.name: settings(u) for u in UNITS}
+    agg = by_name["fedmq-aggregator.service"]["RestartPreventExitStatus"][0].split()
+    assert agg == [str(ConfigError.exit_code), str(StorageError.exit_code)]
+    agent = by_name["fedmq-agent.service"]["RestartPreventExitStatus"][0].split()
+    assert agent == [str(ConfigError.exit_code)]
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd is absent: systemd-analyze not found"
 )

@@ -106,6 +106,15 @@ def test_a_huge_claim_does_not_take_fedbuffs_weight():
     np.testing.assert_allclose(s.weights["w0"][0], -2 / 3, rtol=1e-5)
 
 
+def test_a_huge_claim_does_not_take_fedavgs_weight():
+    s = make_strategy("fedavg", w(0.0), defence=True, clients_per_round=3)
+    s.apply(contrib(1.0, n=100, device="a"))
+    s.apply(contrib(1.0, n=100, device="b"))
+    assert s.apply(contrib(-1.0, n=2**31 - 1, device="evil"))  # the round closes, capped
+    # the round's weighted mean (100 + 100 - 1000) / 1200 = -2/3, not ~-1
+    np.testing.assert_allclose(s.weights["w0"][0], -2 / 3, rtol=1e-5)
+
+
 # -- the model gate -------------------------------------------------------------------
 
 

@@ -272,3 +272,40 @@ def test_the_ledger_may_move_to_a_worker_thread(tmp_path):
     worker.join()
     assert ledger.counts()[0] == 5
     ledger.close()
+
+
+_WRITER = """
+import os, sys
+from aggregator.ledger import Ledger
+from aggregator.strategies import make_strategy
+from fedmq.model import Arch, init_weights
+arch = Arch("mlp", (4, 8, 3))
+ledger = Ledger(sys.argv[1])
+ledger.record(make_strategy("fedbuff", init_weights(arch, 0), 0), "applied", device="d", seq=1)
+os.kill(os.getpid(), 9)  # dies holding the ledger: no close, its -wal stays
+"""
+
+
+def _killed_writer(path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _WRITER, str(path)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+
+
+def test_a_lost_wal_after_a_crash_is_told_apart_from_a_clean_close_and_a_plain_crash(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    wal = path.with_name("ledger.sqlite-wal")
+    Ledger(path).close()
+    assert not wal.exists() and not Ledger(path).wal_lost  # closed cleanly: nothing lost
+    _killed_writer(path)
+    assert wal.exists()
+    reopened = Ledger(path)  # a plain crash: SQLite recovers from the -wal
+    assert not reopened.wal_lost
+    assert reopened.db.execute("SELECT COUNT(*) FROM events WHERE seq = 1").fetchone() == (1,)
+    reopened.close()
+    _killed_writer(path)
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink()
+    assert Ledger(path).wal_lost  # the writer died and what its WAL held is gone

@@ -14,8 +14,8 @@ RUN, OTHER, NEW = "0123456789abcdef", "fedcba9876543210", "00000000000000ff"
 PATH = Path("out/ledger.sqlite")
 
 
-def _held(version=10, run=RUN, rollbacks=0, replaces=None, origin=None) -> Held:
-    return Held(PATH, RunRecord(run, rollbacks, replaces), version, origin)
+def _held(version=10, run=RUN, rollbacks=0, replaces=None, origin=None, wal_lost=False) -> Held:
+    return Held(PATH, RunRecord(run, rollbacks, replaces), version, origin, wal_lost)
 
 
 def _decide(held, seen, **flags):
@@ -54,6 +54,9 @@ def test_a_ledger_from_before_run_ids_adopts_the_fleets_run():
         (_held(0, run=None, origin="empty"), Seen(RUN, 310), "ledger_empty", "empty (0 bytes)"),
         (_held(0, run=None, origin="new"), Seen(RUN, 310), "ledger_empty", "is new"),
         (_held(10, run=OTHER), Seen(RUN, 10), "run_mismatch", f"of run {OTHER}"),
+        (_held(10, wal_lost=True), Seen(RUN, 10), "wal_lost", "-wal file is gone"),
+        (_held(10, wal_lost=True), None, "wal_lost", "acknowledged since its last checkpoint"),
+        (_held(5, wal_lost=True), Seen(RUN, 9), "ledger_behind", "-wal file was lost after"),
     ],
 )
 def test_conflicts_are_refused_with_one_line_naming_both_ways_out(held, seen, reason, words):
@@ -92,3 +95,9 @@ def test_both_flags_at_once_are_refused():
         AggregatorConfig(
             broker=BrokerConfig.from_url("mqtt://127.0.0.1"), accept_rollback=True, new_run=True
         )
+
+
+def test_accept_rollback_continues_a_ledger_that_lost_its_wal_without_a_rollback():
+    start = _decide(_held(10, wal_lost=True), Seen(RUN, 10), accept=True)
+    assert start.record == RunRecord(RUN, 0) and "lost" in start.note
+    assert _decide(_held(10, wal_lost=True), None, new=True).record == RunRecord(NEW, 0)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import Agent
+from edge_agent.checks import rng_for
 from edge_agent.config import AgentConfig
+from edge_agent.data import LocalData
 from fedmq.config import BrokerConfig
-from fedmq.data import load_dataset, save_npz
+from fedmq.data import save_npz
 from fedmq.featurestats import FeatureStats
 from fedmq.preprocess import Standardizer
 from fedmq.topics import Topics
@@ -35,7 +37,11 @@ async def test_stats_are_retained_at_start_and_sent_again_when_the_file_changes(
         data=path,
         data_poll=0.05,
     )
-    agent = Agent(cfg, load_dataset(path), loader=load_dataset)
+
+    def load(p):  # as edge_agent.main reads the file
+        return LocalData.open(p, cfg.label, cfg.task)
+
+    agent = Agent(cfg, load(path), loader=load)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     async with h.client(mosquitto.url, topics.stats("pi-1")) as observer:
@@ -61,8 +67,8 @@ async def test_the_agent_trains_on_the_models_standardized_features(mosquitto, f
     topics = Topics(fleet)
     raw = h.data(60)
     offset, scale = np.float32(1e4), np.float32(1e3)
-    agent = h.agent(mosquitto.url, fleet, tmp_path)
-    agent.data = type(raw)(raw.x * scale + offset, raw.y)
+    cfg = h.agent(mosquitto.url, fleet, tmp_path).cfg
+    agent = Agent(cfg, type(raw)(raw.x * scale + offset, raw.y))
     prep = Standardizer(np.full(4, offset), np.full(4, scale))
     from fedmq.model import init_weights
     from fedmq.training import Hyper, train_local
@@ -79,6 +85,7 @@ async def test_the_agent_trains_on_the_models_standardized_features(mosquitto, f
         stop.set()
         await task
     # The same run on the unscaled data, from the same seed, gives the same delta.
-    want, _ = train_local(h.ARCH, weights, raw.x, raw.y, Hyper(), np.random.default_rng(1))
+    rng = rng_for(cfg.seed, cfg.device)  # the agent's own draws
+    want, _ = train_local(h.ARCH, weights, raw.x, raw.y, Hyper(), rng)
     for name, delta in update.dense_delta().items():
         np.testing.assert_allclose(delta, want[name], atol=1e-3)

@@ -13,7 +13,7 @@ from fedmq.settings import Schema
 from tools import config_docs, config_examples
 
 SCHEMAS = [AGENT, AGGREGATOR]
-KEY_LINE = re.compile(r"^# ([a-z_]+) = (.+)$")
+KEY_LINE = re.compile(r"^# ([a-z][a-z0-9_]*) = (.+)$")
 
 
 def _path(schema: Schema) -> Path:
@@ -48,7 +48,7 @@ def test_loading_the_example_gives_the_defaults(schema: Schema, tmp_path: Path):
     assert {n: v.source for n, v in as_is.items()} == {s.name: "default" for s in schema.settings}
     # Uncommented, each key at its default still gives that default, now from the file;
     # each example value is of its setting's type.
-    uncommented = re.sub(r"(?m)^# ([a-z_]+ = )", r"\1", _path(schema).read_text())
+    uncommented = re.sub(r"(?m)^# ([a-z][a-z0-9_]* = )", r"\1", _path(schema).read_text())
     path = tmp_path / "uncommented.toml"
     path.write_text(uncommented)
     resolved = schema.resolve(path, env={})

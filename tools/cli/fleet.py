@@ -144,6 +144,8 @@ def show_command(
 
 
 _TIMES = ("at", "first_seen", "last_seen")
+# Optional wire fields that say nothing when unset (no error, DP off): no line for them.
+_ABSENT_WHEN_NONE = ("reason", "message", "epsilon")
 
 
 def _value(key: str, value: Any, now: float) -> str:
@@ -170,7 +172,9 @@ def device_text(doc: dict[str, Any], now: float | None = None) -> str:
         section = doc[key]
         lines += ["", title + ("" if section else ": none")]
         lines += [
-            f"  {k:<14} {_value(k, v, now)}" for k, v in (section or {}).items() if k != "device"
+            f"  {k:<14} {_value(k, v, now)}"
+            for k, v in (section or {}).items()
+            if k != "device" and not (k in _ABSENT_WHEN_NONE and v is None)
         ]
     return "\n".join(lines)
 
@@ -192,11 +196,16 @@ def watch_command(
     state: str = STATE,
     stale_over: int = STALE_OVER,
     sort: str = SORT,
+    json: bool = typer.Option(
+        False, "--json", help="Instead of the table, the `fleet ls --json` list on every change."
+    ),
     timeout: float = TIMEOUT,
     password: str = PASSWORD,
     settings: Any = None,
 ) -> None:
     """Keep the `fleet ls` table live, redrawn on every message, until Ctrl-C.
+
+    With --json, one JSON document a line: the rows as `fleet ls --json` gives them.
 
     Example: `fedmq fleet watch --broker mqtt://127.0.0.1:1883 --sort last_seen`
     """
@@ -204,6 +213,15 @@ def watch_command(
 
     broker = broker_config(settings, password)
     select([], state=state, sort=sort)  # a bad flag fails before the screen is taken
+    if json:
+
+        def emit(snap: FleetSnapshot) -> None:
+            print_json(_rows(snap, state, stale_over, sort), indent=None)
+            sys.stdout.flush()
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_watch(broker, fleet, timeout, emit))
+        return
     with Live(table([], FleetSnapshot()), auto_refresh=False) as live:
 
         def draw(snap: FleetSnapshot) -> None:

@@ -73,7 +73,12 @@ def show_command(
     for key, value in doc.items():
         if key == "epsilon" and value is None:
             continue  # DP off: nothing to say
-        if isinstance(value, dict):
+        if key == "preprocess" and value is not None:
+            value = "standardize " + ", ".join(
+                f"{name} (x - {f['mean']:.6g}) / {f['scale']:.6g}"
+                for name, f in value["standardize"].items()
+            )
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         elif key == "created_at":
             value = utc(value)
@@ -86,6 +91,7 @@ def export_command(
     format: str = typer.Option(..., "--format", help="onnx (the aggregator's export) or npz."),
     out: Path = typer.Option(..., "--out", help="File to write."),
     fleet: str = FLEET,
+    json: bool = JSON,
     timeout: float = TIMEOUT,
     password: str = PASSWORD,
     settings: Any = None,
@@ -98,6 +104,10 @@ def export_command(
         raise ModelError("bad_format", f"--format must be one of {', '.join(ops.FORMATS)}")
     model, _, onnx_bytes = _retained_model(settings, password, fleet, timeout)
     ops.export(model, onnx_bytes, format, out)
+    if json:
+        doc = {"format": format, "out": str(out), "version": model.version, "run": model.run}
+        print_json({**doc, "digest": model.digest, "bytes": out.stat().st_size})
+        return
     typer.echo(f"wrote v{model.version} as {format} to {out}")
 
 

@@ -66,6 +66,7 @@ def snapshot(
     return FleetSnapshot.from_retained(fleet, raw), raw
 
 
-def print_json(doc: Any) -> None:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
+def print_json(doc: Any, indent: int | None = 2) -> None:
+    """One JSON document on stdout (``indent`` None: on one line, for a stream of them)."""
+    json.dump(doc, sys.stdout, indent=indent, sort_keys=False, default=str)
     sys.stdout.write("\n")

@@ -108,8 +108,8 @@ class FleetSnapshot:
             "samples": None if status is None else status.samples,
             "last_loss": None if status is None else status.last_loss,
             "agent_version": None if status is None else status.agent_version,
-            "error": None if status is None else getattr(status, "reason", None),
-            "epsilon": None if ledger is None else getattr(ledger, "epsilon", None),
+            "error": None if status is None else status.reason,
+            "epsilon": None if ledger is None else ledger.epsilon,
         }
 
     def state_counts(self) -> dict[str, int]:

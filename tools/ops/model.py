@@ -22,13 +22,13 @@ def summary(model: GlobalModel, status: AggregatorStatus | None) -> dict[str, An
     """What ``fedmq model show`` prints: identity, architecture, preprocessing, evaluation."""
     arch = model.arch.to_dict()
     return {
-        "run": getattr(model, "run", None),
+        "run": model.run,
         "version": model.version,
         "arch": arch,
         "params": sum(w.size for w in model.weights.values()),
-        "digest": getattr(model, "digest", None) or getattr(model, "sha256", None),
+        "digest": model.digest,
         "created_at": model.created_at,
-        "preprocess": plain(getattr(model, "preprocess", None)),
+        "preprocess": preprocess(model),
         "hyper": plain(model.hyper),
         "evaluation": None
         if status is None
@@ -41,13 +41,24 @@ def summary(model: GlobalModel, status: AggregatorStatus | None) -> dict[str, An
     }
 
 
-def fleet_epsilon(status: AggregatorStatus | None) -> float | None:
-    """The fleet's ε spent, when DP accounting is on: the status's own field once the wire
-    carries it, else a strategy parameter of that name; None without DP."""
-    if status is None:
+def preprocess(model: GlobalModel) -> dict[str, Any] | None:
+    """The standardization inside the model, per feature (by name when the model carries
+    its schema): ``{"standardize": {name: {"mean": m, "scale": s}}}``; None without one."""
+    if model.prep is None:
         return None
-    own = getattr(status, "epsilon", None)
-    return own if own is not None else status.params.get("epsilon")
+    schema = model.arch.schema
+    width = model.prep.mean.size
+    names = schema.features if schema is not None else [f"x{i}" for i in range(width)]
+    per_feature = {
+        name: {"mean": float(m), "scale": float(s)}
+        for name, m, s in zip(names, model.prep.mean, model.prep.scale, strict=True)
+    }
+    return {"standardize": per_feature}
+
+
+def fleet_epsilon(status: AggregatorStatus | None) -> float | None:
+    """The fleet's ε spent, when DP accounting is on; None without DP (or no status)."""
+    return None if status is None else status.epsilon
 
 
 def onnx_version(onnx_bytes: bytes) -> int | None:

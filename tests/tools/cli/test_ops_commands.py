@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import aiomqtt
+import numpy as np
 import pytest
 
 from fedmq.config import BrokerConfig
@@ -27,6 +28,7 @@ from fedmq.training import Hyper
 from fedmq.wire import AggregatorStatus, DeviceStatus, GlobalModel, new_run
 from tools.broker.base import free_port
 from tools.cli.model import load_rows
+from tools.ops.model import onnx_version
 
 
 async def first(url: str, topic: str, ok: Callable[[bytes], bool], timeout: float) -> bytes:
@@ -152,6 +154,22 @@ async def test_the_operator_commands_see_a_running_fleet(
         # has stopped (an evaluation is logged after the version is published).
         agg.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(agg.wait, 30) == 0, daemons.log("agg")
+
+        # Export what the broker retains now that nothing publishes over it.
+        final = GlobalModel.decode(await first(mosquitto.url, t.model_global, bool, 10))
+        exports = {}
+        for fmt in ("onnx", "npz"):
+            path = tmp_path / f"model.{fmt}"
+            done = fedmq("model", "export", *common, "--format", fmt, "--out", str(path), "--json")
+            assert done.returncode == 0, done.stderr
+            exports[fmt] = json.loads(done.stdout)
+            assert exports[fmt]["version"] == final.version
+            assert exports[fmt]["bytes"] == path.stat().st_size > 0
+        assert onnx_version((tmp_path / "model.onnx").read_bytes()) == final.version
+        with np.load(tmp_path / "model.npz") as saved:
+            assert json.loads(str(saved["__fedmq__"]))["version"] == final.version
+            for name, w in final.weights.items():
+                np.testing.assert_array_equal(saved[name], w)
     except BaseException:
         print(daemons.logs())
         raise
@@ -303,3 +321,29 @@ async def test_fleet_watch_redraws_on_every_message_until_ctrl_c(mosquitto, flee
         finally:
             term.close()
     assert b"Traceback" not in term.seen
+
+
+@pytest.mark.broker
+async def test_fleet_watch_json_prints_the_ls_rows_on_every_change(mosquitto, fleet, daemons):
+    t = Topics(fleet)
+    argv = [*daemons.argv, "fleet", "watch", "--broker", mosquitto.url, "--fleet", fleet, "--json"]
+    async with aiomqtt.Client(**BrokerConfig.from_url(mosquitto.url).client_kwargs()) as c:
+        await c.publish(t.device_status("w1"), _status("w1"), qos=1, retain=True)
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        with subprocess.Popen(argv, **pipes) as proc:
+            try:
+                first_rows = json.loads(await asyncio.to_thread(proc.stdout.readline))
+                assert [r["device"] for r in first_rows] == ["w1"]
+                await c.publish(t.device_status("w2"), _status("w2"), qos=1, retain=True)
+                while True:  # one line a message: the next that knows w2
+                    rows = json.loads(await asyncio.to_thread(proc.stdout.readline))
+                    if len(rows) == 2:
+                        break
+                assert [r["device"] for r in rows] == ["w1", "w2"]
+                assert set(rows[0]) == set(first_rows[0])  # the keys of `fleet ls --json`
+                proc.send_signal(signal.SIGINT)
+                assert await asyncio.to_thread(proc.wait, 15) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert "Traceback" not in proc.stderr.read()

@@ -5,26 +5,18 @@ from __future__ import annotations
 import dataclasses
 import io
 
+import numpy as np
+
 from fedmq.model import Arch, init_weights
+from fedmq.preprocess import Standardizer
+from fedmq.schema import Schema
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, DeviceLedger, GlobalModel, new_run
+from fedmq.wire import DeviceLedger, GlobalModel, new_run
 from tests.tools.ops.test_retained import NOW, aggregator, ledger, status
 from tools.cli.fleet import device_text, table
 from tools.ops.fleet import FleetSnapshot
 from tools.ops.jsonify import plain
 from tools.ops.model import summary
-
-
-# What the DP work adds to the wire (per device in the ledger, for the fleet in the status);
-# these stand-ins let the views be tested before it lands.
-@dataclasses.dataclass
-class LedgerWithEpsilon(DeviceLedger):
-    epsilon: float | None = None
-
-
-@dataclasses.dataclass
-class StatusWithEpsilon(AggregatorStatus):
-    epsilon: float | None = None
 
 
 def _snap(**ledgers: DeviceLedger) -> FleetSnapshot:
@@ -67,7 +59,7 @@ def test_the_epsilon_column_appears_only_when_a_ledger_carries_it():
     assert off.row("pi-1")["epsilon"] is None
     assert "epsilon" not in _rendered(table(off.rows(), off, now=NOW))
     base = dataclasses.asdict(ledger("pi-1"))
-    on = _snap(**{"pi-1": LedgerWithEpsilon(**base, epsilon=1.25)})
+    on = _snap(**{"pi-1": DeviceLedger(**base | {"epsilon": 1.25})})
     assert on.row("pi-1")["epsilon"] == 1.25 and on.row("pi-2")["epsilon"] is None
     text = _rendered(table(on.rows(), on, now=NOW))
     assert "epsilon" in text and "1.25" in text
@@ -80,5 +72,17 @@ def test_model_show_carries_the_fleets_epsilon_when_the_status_does():
     model = GlobalModel.build(12, arch, init_weights(arch, 0), Hyper(), run=new_run())
     assert summary(model, aggregator())["epsilon"] is None
     assert summary(model, None)["epsilon"] is None
-    with_dp = StatusWithEpsilon(**dataclasses.asdict(aggregator()), epsilon=3.5)
+    with_dp = dataclasses.replace(aggregator(), epsilon=3.5)
     assert summary(model, with_dp)["epsilon"] == 3.5
+
+
+def test_model_show_gives_the_standardization_per_named_feature():
+    schema = Schema(("temp", "lux"), "kind", "classification", ("a", "b"))
+    arch = Arch("mlp", (2, 3, 2), schema=schema)
+    prep = Standardizer(np.array([20.0, 900.0]), np.array([4.0, 250.0]))
+    model = GlobalModel.build(3, arch, init_weights(arch, 0), Hyper(), run=new_run(), prep=prep)
+    per_feature = {"temp": {"mean": 20.0, "scale": 4.0}, "lux": {"mean": 900.0, "scale": 250.0}}
+    assert summary(model, None)["preprocess"] == {"standardize": per_feature}
+    bare = Arch("mlp", (2, 3, 2))
+    plain_model = GlobalModel.build(3, bare, init_weights(bare, 0), Hyper(), run=new_run())
+    assert summary(plain_model, None)["preprocess"] is None
