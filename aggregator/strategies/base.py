@@ -164,6 +164,13 @@ class Strategy(ABC):
     def set_online(self, online: int | None) -> None:  # noqa: B027 (an optional hook)
         """How many devices are online now (None: unknown); FedBuff sizes its buffer by it."""
 
+    def set_dp(self, clip: float, noise: float) -> bool:
+        """The fleet's DP policy (clip C, noise z; clip 0: none), which a norm bound follows.
+
+        Returns whether that changed how updates are screened (never, by default).
+        """
+        return False
+
     def _publish(self, weights: Weights) -> None:
         """Make ``weights`` the new version, unless the gate refuses them (then nothing changes)."""
         if self.gate is not None:
