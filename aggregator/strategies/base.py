@@ -34,7 +34,12 @@ MAX_SERVER_LR = 100.0
 
 @dataclass(frozen=True)
 class Contribution:
-    """What a strategy sees of one device update: a float32 delta against ``base_version``."""
+    """What a strategy sees of one device update: a float32 delta against ``base_version``.
+
+    ``sent_norm``: the L2 norm of the delta as the device sent it, when the intake has
+    re-expressed it for a newer standardization (None: ``delta`` is as sent). A DP
+    policy bounds what the device sent, so the policy's norm bound checks this one.
+    """
 
     delta: Mapping[str, np.ndarray]
     base_version: int
@@ -42,6 +47,7 @@ class Contribution:
     device: str = ""
     seq: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
+    sent_norm: float | None = None
 
 
 class Strategy(ABC):

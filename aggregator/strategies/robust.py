@@ -142,18 +142,21 @@ class NormBound:
         """The contribution to pass on (clipped if need be) and the norm to record."""
         norm = finite_norm(c)
         bound = self.bound(model_norm, sum(int(np.size(v)) for v in c.delta.values()))
-        if bound is None or norm <= bound:
+        # The DP policy bounds the delta as sent, before any re-parameterization.
+        measured = norm if self.dp is None or c.sent_norm is None else c.sent_norm
+        if bound is None or measured <= bound:
             return c, norm
         if self.mode == "reject":
             why = self._why()
             raise UpdateRejected(
                 "norm_bound",
-                f"delta norm {norm:.4g} exceeds the bound {bound:.4g} ({why})",
+                f"delta norm {measured:.4g} exceeds the bound {bound:.4g} ({why})",
                 device=c.device or None,
-                norm=norm,
+                norm=measured,
                 bound=bound,
             )
-        return replace(c, delta=_scaled(c.delta, bound / norm)), bound
+        scale = bound / measured
+        return replace(c, delta=_scaled(c.delta, scale)), norm * scale
 
     def _why(self) -> str:
         if self.dp is not None:

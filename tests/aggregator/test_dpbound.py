@@ -19,8 +19,10 @@ from aggregator.ledger import Ledger
 from aggregator.strategies import Contribution, NormBound, Robust, TrimmedFedBuff, make_strategy
 from aggregator.strategies.dpbound import ENCODING_SLACK, DpBound
 from fedmq.errors import ConfigError, UpdateRejected
+from fedmq.featurestats import FeatureStats
 from fedmq.feedback import ErrorFeedback
 from fedmq.model import Arch, global_norm, init_weights
+from fedmq.preprocess import Moments
 from fedmq.topics import Topics
 from fedmq.training import Hyper, _clip_and_noise
 from fedmq.wire import Update
@@ -174,3 +176,38 @@ def test_a_policy_changed_at_a_restart_holds_for_later_replays(tmp_path):
         np.testing.assert_array_equal(third.strategy.weights[k], weights[k])
     assert third.counters.accepted == 4
     third.close()
+
+
+def test_a_delta_re_expressed_for_new_statistics_is_bounded_as_it_was_sent():
+    """A device trained on the old standardization; a new device's statistics moved it
+    (the features' pooled scale grows ~5x). Re-expressed, its noised delta is far longer
+    than the policy allows, but what it sent is within it, and that is what DP bounds."""
+    arch = Arch("mlp", (3, 8, 3))
+    rng = np.random.default_rng(0)
+    xa, xb = rng.standard_normal((100, 3)), rng.standard_normal((60, 3)) + 10.0
+    strategy = make_strategy("fedbuff", init_weights(arch, 0), 0, defence=True, k=4)
+    intake = Intake(TOPICS, arch, strategy, standardize=True, dp_clip=1.0, noise=1.0)
+    for device, x in (("a", xa), ("b", xb)):
+        stats = FeatureStats.of(Moments.of(x), device=device, digest="0" * 64, at=1.0)
+        intake.handle_stats(TOPICS.stats(device), stats.encode())
+        if device == "a":
+            first = intake.snapshot(publish=True)
+    assert intake.strategy.version == first.version + 1  # b's statistics re-parameterized
+    raw = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in first.weights.items()}
+    delta, _ = _clip_and_noise(raw, Hyper(dp_clip=1.0, dp_noise=1.0), rng)
+    sent = Contribution(delta, first.version, 5, device="a")
+    mapped = intake.std.contribution(sent)
+    limit = DpBound(1.0, 1.0).bound(sum(v.size for v in delta.values()))
+    assert global_norm(delta) <= limit < global_norm(mapped.delta)
+    assert mapped.sent_norm == pytest.approx(global_norm(delta))
+    payload = Update.from_delta(
+        delta, encoding="f32", device="a", seq=0, base_version=first.version, num_samples=5,
+        steps=1, loss=0.1,
+    ).encode()  # fmt: skip
+    assert intake.handle(TOPICS.update("a"), payload).applied
+    # An oversized one is still refused, by its sent norm.
+    big = Update.from_delta(
+        {k: 10 * v for k, v in delta.items()}, encoding="f32", device="a", seq=1,
+        base_version=first.version, num_samples=5, steps=1, loss=0.1,
+    ).encode()  # fmt: skip
+    assert intake.handle(TOPICS.update("a"), big).reason == "norm_bound"
