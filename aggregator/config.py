@@ -168,7 +168,8 @@ class StrategyConfig:
         True, help="Screen updates (non-finite, norm bound) and trim FedBuff's mean."
     )
     norm_factor: float = setting(
-        4.0, help="Refuse updates above this multiple of the recent median norm.",
+        4.0, help="Refuse updates above this multiple of the recent median norm "
+        "(under a DP policy, dp_clip > 0, the policy sets the bound instead).",
         requires="defence",
     )  # fmt: skip
     norm_mode: str = setting(

@@ -80,16 +80,24 @@ class Intake:
         ledger: Ledger | None = None,
         gate: ModelGate | None = None,
         standardize: bool | Standardization = False,
+        dp_clip: float = 0.0,
         noise: float = 0.0,
         dp_delta: float = 1e-5,
         log: logging.Logger = log,
     ) -> None:
-        """``gate`` None: the strategy's own gate, else a ``ModelGate`` with its defaults."""
+        """``gate`` None: the strategy's own gate, else a ``ModelGate`` with its defaults.
+
+        ``dp_clip`` and ``noise`` are the fleet's DP policy (its hyper's C and z).
+        """
         self.arch = arch
         # Client-level DP: with noise z > 0 each accepted update is one Gaussian
         # mechanism on its device's data (the devices clip to C and add z·C noise).
+        self.dp_clip = dp_clip
         self.noise = noise
         self.privacy = PrivacyLedger(dp_delta) if noise > 0 else None
+        # The norm bound follows the policy (strategies.dpbound); a resumed strategy
+        # replays under its checkpoint's policy first (see _resume).
+        strategy.set_dp(dp_clip, noise)
         self.strategy = strategy
         self.topics = topics
         self.validator = Validator(topics, arch, max_bytes=max_update_bytes)
@@ -116,8 +124,7 @@ class Intake:
         if saved is None:
             ledger.checkpoint(self.strategy)  # fixes the starting weights for replays
             return
-        if saved.params() != self.strategy.params():
-            log.warning("resuming with the ledger's settings %s", saved.params())
+        configured = self.strategy.params()
         self.strategy = saved
         shapes = self.arch.param_shapes()
         for event in events:
@@ -130,6 +137,9 @@ class Intake:
             else:
                 update = Update.decode(event.payload or b"", shapes=shapes, max_bytes=2**31)
                 self.strategy.apply(self._mapped(to_contribution(update)))
+        self._follow_policy(ledger)
+        if saved.params() != configured:
+            log.warning("resuming with the ledger's settings %s", saved.params())
         if self.privacy is not None:
             self.privacy.load(ledger.privacy())
         self.validator.last_seq = ledger.last_seqs()
@@ -140,6 +150,15 @@ class Intake:
             self.strategy.version,
             len(events),
         )
+
+    def _follow_policy(self, ledger: Ledger) -> None:
+        """After the replay, screen by this run's DP policy; a changed one is checkpointed,
+        so a later replay of this run's updates screens them under it too."""
+        if self.strategy.set_dp(self.dp_clip, self.noise):
+            log.info(
+                "DP policy clip %g noise %g: the norm bound follows it", self.dp_clip, self.noise
+            )
+            ledger.checkpoint(self.strategy)
 
     def handle(self, topic: str, payload: bytes) -> Outcome:
         """Validate and apply one update; its ledger record is committed before this returns."""

@@ -109,6 +109,7 @@ class Aggregator:
             ledger=ledger,
             gate=gate,
             standardize=std or False,
+            dp_clip=self.hyper.dp_clip,
             noise=self.hyper.dp_noise,
             dp_delta=self.cfg.dp_delta,
         )

@@ -24,6 +24,7 @@ from aggregator.strategies import Contribution
 from fedmq.aio import wait_any
 from fedmq.errors import DataError, FedmqError, WireError
 from fedmq.featurestats import FeatureStats
+from fedmq.model import global_norm
 from fedmq.preprocess import Moments, Standardizer, pool, reparameterize
 
 log = logging.getLogger("fedmq.aggregator")
@@ -103,7 +104,10 @@ class Standardization:
         old, new = self.at(c.base_version), self.current
         if old is new:
             return c
-        return replace(c, delta=reparameterize(c.delta, old, new))
+        # The re-parameterization changes the delta's norm (a shifted mean moves the
+        # bias by the first layer's delta), but a DP bound is about what was sent.
+        sent = global_norm(c.delta) if c.sent_norm is None else c.sent_norm
+        return replace(c, delta=reparameterize(c.delta, old, new), sent_norm=sent)
 
     def publish(self, version: int) -> Standardizer:
         """The prep of the model about to go out; from now on changes re-parameterize."""

@@ -34,7 +34,12 @@ MAX_SERVER_LR = 100.0
 
 @dataclass(frozen=True)
 class Contribution:
-    """What a strategy sees of one device update: a float32 delta against ``base_version``."""
+    """What a strategy sees of one device update: a float32 delta against ``base_version``.
+
+    ``sent_norm``: the L2 norm of the delta as the device sent it, when the intake has
+    re-expressed it for a newer standardization (None: ``delta`` is as sent). A DP
+    policy bounds what the device sent, so the policy's norm bound checks this one.
+    """
 
     delta: Mapping[str, np.ndarray]
     base_version: int
@@ -42,6 +47,7 @@ class Contribution:
     device: str = ""
     seq: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
+    sent_norm: float | None = None
 
 
 class Strategy(ABC):
@@ -163,6 +169,13 @@ class Strategy(ABC):
 
     def set_online(self, online: int | None) -> None:  # noqa: B027 (an optional hook)
         """How many devices are online now (None: unknown); FedBuff sizes its buffer by it."""
+
+    def set_dp(self, clip: float, noise: float) -> bool:
+        """The fleet's DP policy (clip C, noise z; clip 0: none), which a norm bound follows.
+
+        Returns whether that changed how updates are screened (never, by default).
+        """
+        return False
 
     def _publish(self, weights: Weights) -> None:
         """Make ``weights`` the new version, unless the gate refuses them (then nothing changes)."""

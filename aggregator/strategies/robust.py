@@ -22,6 +22,12 @@ unusual data. As long as fewer than half of the devices in the window are hostil
 median is an honest one. Only updates the inner strategy accepted enter the window, so
 refused ones cannot drag the bound upwards.
 
+Under a DP policy (``set_dp``: the fleet's hyper has clip C and noise z) the bound is
+the policy's instead (``aggregator.strategies.dpbound``): noise dominates every honest
+update's norm, so the median says nothing about who is honest, while the policy says
+exactly how long an honest update can be. Norms are then not recorded, so the median
+a fleet falls back to without DP is not one of noised updates.
+
 Rejecting is the default: a clipped update still moves the model ``factor`` honest norms
 in whatever direction the sender chose (clipped sign-flipped updates from 20 % of a
 fleet cost FedBuff 6 points of accuracy at factor 3 in ``benchmarks/attacks.py``;
@@ -44,6 +50,7 @@ import numpy as np
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy
 from aggregator.strategies.claims import ClaimCap
+from aggregator.strategies.dpbound import DpBound
 from aggregator.strategies.gate import ModelGate
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Weights, global_norm
@@ -72,6 +79,7 @@ class NormBound:
     The median is over the latest accepted norm of each of the last ``window`` devices.
     Until ``warmup`` devices are in the window (a median of fewer is too easy for one
     early outlier to set) the bound is ``abs_factor × max(‖x‖, abs_floor)`` instead.
+    With a DP policy (``dp_clip`` > 0) it is the policy's (``DpBound``) throughout.
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class NormBound:
         warmup: int = Defaults.norm_warmup,
         abs_factor: float = Defaults.norm_abs_factor,
         abs_floor: float = Defaults.norm_abs_floor,
+        dp_clip: float = 0.0,
+        dp_noise: float = 0.0,
     ) -> None:
         if not (math.isfinite(factor) and factor > 1):
             raise ConfigError("bad_param", f"norm bound factor must be > 1, got {factor}")
@@ -102,13 +112,24 @@ class NormBound:
         self.warmup = int(warmup)
         self._norms: OrderedDict[str, float] = OrderedDict()  # device -> norm, oldest first
         self._anonymous = 0
+        self.dp: DpBound | None = None
+        self.set_dp(dp_clip, dp_noise)
+
+    def set_dp(self, clip: float, noise: float) -> bool:
+        """The fleet's DP policy (clip 0: none), which the bound follows; whether it changed."""
+        before = self.dp
+        self.dp = DpBound(clip, noise) if clip > 0 else None
+        return self.dp != before
 
     def warm(self) -> bool:
         """Whether enough devices are known for the median-based bound."""
         return len(self._norms) >= self.warmup
 
-    def bound(self, model_norm: float | None = None) -> float | None:
-        """The current bound: median-based once warm, else absolute (None without a model)."""
+    def bound(self, model_norm: float | None = None, dim: int = 0) -> float | None:
+        """The current bound for an update of ``dim`` coordinates: the DP policy's, else
+        median-based once warm, else absolute (None without a model)."""
+        if self.dp is not None:
+            return self.dp.bound(dim)
         if self.warm():
             return self.factor * statistics.median(self._norms.values())
         if model_norm is None:
@@ -120,26 +141,37 @@ class NormBound:
     ) -> tuple[Contribution, float]:
         """The contribution to pass on (clipped if need be) and the norm to record."""
         norm = finite_norm(c)
-        bound = self.bound(model_norm)
-        if bound is None or norm <= bound:
+        bound = self.bound(model_norm, sum(int(np.size(v)) for v in c.delta.values()))
+        # The DP policy bounds the delta as sent, before any re-parameterization.
+        measured = norm if self.dp is None or c.sent_norm is None else c.sent_norm
+        if bound is None or measured <= bound:
             return c, norm
         if self.mode == "reject":
-            why = (
-                f"{self.factor:g} x the median norm of recent devices"
-                if self.warm()
-                else f"{self.abs_factor:g} x max(model norm, {self.abs_floor:g})"
-            )
+            why = self._why()
             raise UpdateRejected(
                 "norm_bound",
-                f"delta norm {norm:.4g} exceeds the bound {bound:.4g} ({why})",
+                f"delta norm {measured:.4g} exceeds the bound {bound:.4g} ({why})",
                 device=c.device or None,
-                norm=norm,
+                norm=measured,
                 bound=bound,
             )
-        return replace(c, delta=_scaled(c.delta, bound / norm)), bound
+        scale = bound / measured
+        return replace(c, delta=_scaled(c.delta, scale)), norm * scale
+
+    def _why(self) -> str:
+        if self.dp is not None:
+            return self.dp.describe()
+        if self.warm():
+            return f"{self.factor:g} x the median norm of recent devices"
+        return f"{self.abs_factor:g} x max(model norm, {self.abs_floor:g})"
 
     def record(self, norm: float, device: str = "") -> None:
-        """Remember the norm of an update the strategy accepted (no device: a new entry)."""
+        """Remember the norm of an update the strategy accepted (no device: a new entry).
+
+        Under DP nothing is recorded: a noised norm is the policy's, not the device's.
+        """
+        if self.dp is not None:
+            return
         if not device:
             self._anonymous += 1
             device = f"#{self._anonymous}"
@@ -167,6 +199,9 @@ class NormBound:
                 "warmup": self.warmup,
                 "abs_factor": self.abs_factor,
                 "abs_floor": self.abs_floor,
+                # A replay must screen as the original run did, under its policy.
+                "dp_clip": 0.0 if self.dp is None else self.dp.clip,
+                "dp_noise": 0.0 if self.dp is None else self.dp.noise,
             },
             "norms": [{"device": d, "norm": n} for d, n in self._norms.items()],
             "anonymous": self._anonymous,
@@ -239,9 +274,10 @@ class Robust(Strategy):
             finite_norm(c)
             norm = 0.0
         else:
-            # The model's norm only matters until the median bound is warm.
-            warm = self.norm_bound.warm()
-            model_norm = None if warm else global_norm(self.inner.weights)
+            # The model's norm only matters for the absolute bound, before the median's.
+            nb = self.norm_bound
+            absolute = nb.dp is None and not nb.warm()
+            model_norm = global_norm(self.inner.weights) if absolute else None
             screened, norm = self.norm_bound.screen(screened, model_norm)
         produced = self.inner.apply(screened)
         # Only reached when the inner strategy accepted it.
@@ -262,6 +298,9 @@ class Robust(Strategy):
 
     def set_online(self, online: int | None) -> None:
         self.inner.set_online(online)
+
+    def set_dp(self, clip: float, noise: float) -> bool:
+        return self.norm_bound is not None and self.norm_bound.set_dp(clip, noise)
 
     def params(self) -> dict[str, Any]:
         bound = self.norm_bound.params() if self.norm_bound else {}

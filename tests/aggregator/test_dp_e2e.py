@@ -1,5 +1,6 @@
-"""Client-level DP over a real Mosquitto: real agents clip and noise, the aggregator
-reports ε in its retained status and in each device's retained ledger."""
+"""Client-level DP over a real Mosquitto: real agents clip and noise, the aggregator,
+with its defences on (the default), accepts their noised updates under the policy's norm
+bound and reports ε in its retained status and in each device's retained ledger."""
 
 from __future__ import annotations
 
@@ -30,17 +31,15 @@ async def first(url: str, topic: str, ok: Callable[[bytes], bool], timeout: floa
 
 
 @pytest.mark.broker
-async def test_three_agents_spend_epsilon_and_the_aggregator_reports_it(
+async def test_three_agents_spend_epsilon_past_the_defences_and_the_aggregator_reports_it(
     mosquitto, fleet, daemons, digits_files, tmp_path
 ):
     shards, _ = digits_files(3)
     common = ["--broker", mosquitto.url, "--fleet", fleet]
     daemons.start(
-        "agg", "aggregator", *common, "--model", "mlp:64,16,10", "--strategy", "fedasync",
+        "agg", "aggregator", *common, "--model", "mlp:64,16,10",
         "--out-dir", str(tmp_path / "agg"), "--status-interval", "0.3",
         "--dp-clip", "1", "--dp-noise", "1", "--no-export-onnx",
-        # The norm bound would refuse noisy deltas (norm ≈ z·C·√d): see the report.
-        "--no-defence",
     )  # fmt: skip
     for i in range(3):
         daemons.start(
@@ -66,6 +65,11 @@ async def test_three_agents_spend_epsilon_and_the_aggregator_reports_it(
             )
         )
         assert later.epsilon is not None and later.epsilon > early.epsilon
+        # Defences on, and none of the honest noised updates refused by the norm bound
+        # (their norm is about C·sqrt(1 + z²d) = 35 for d = 1210, far above any median).
+        assert later.params["defence"] is True and later.params["norm_mode"] == "reject"
+        assert later.rejected.get("norm_bound", 0) == 0, later.rejected
+        assert later.version >= 2
         ledger = DeviceLedger.decode(
             await first(
                 mosquitto.url,

@@ -18,19 +18,18 @@ is wrapped in its defences (``aggregator.strategies.robust``) unless ``defence=F
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from aggregator.config import StrategyConfig
+from aggregator.config import AggregatorConfig, StrategyConfig
 from aggregator.deadline import Deadline
 from aggregator.intake import Intake
 from aggregator.strategies import Strategy, make_strategy
@@ -38,12 +37,13 @@ from fedmq.errors import ConfigError
 from fedmq.feedback import ErrorFeedback
 from fedmq.model import Weights, accuracy, init_weights, loss
 from fedmq.topics import Topics
-from fedmq.training import Hyper, train_local
+from fedmq.training import train_local
 from fedmq.wire import ENCODINGS
 from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
-from tools.sim.tasks import Task, load_task
+from tools.sim.result import SimResult, poison_tolerant, sim_hyper
+from tools.sim.tasks import load_task
 
 # The intake's rejection warnings are the daemon's; a simulation reports its counts.
 log = logging.getLogger("fedmq.sim")
@@ -74,6 +74,7 @@ class SimConfig:
     defence: bool = StrategyConfig.defence  # wrap it in its defences (strategies.robust)
     encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8
     error_feedback: bool = True  # each device carries its rounding error (fedmq.feedback)
+    dp_delta: float = AggregatorConfig.dp_delta  # ε is for this δ (with hyper dp_noise > 0)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -110,86 +111,6 @@ class _Device:
         return f"sim-{self.index:04d}"
 
 
-@dataclass
-class SimResult:
-    config: SimConfig
-    task: Task
-    versions: int
-    updates_applied: int
-    rejected: Counter
-    virtual_time_s: float
-    time_to_target_s: float | None
-    history: list[tuple[float, int, float]]  # (virtual time, version, metric)
-    weights: dict[str, np.ndarray]
-    strategy_params: dict[str, Any]
-    wall_s: float
-    malicious_devices: int = 0
-    malicious_applied: int = 0
-    malicious_rejected: Counter = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        cfg, task = self.config, self.task
-        out: dict[str, Any] = {
-            "task": cfg.task,
-            "strategy": cfg.strategy,
-            "strategy_params": self.strategy_params,
-            "devices": cfg.devices,
-            "partition": cfg.partition,
-            "delays": cfg.delays,
-            "hyper": _hyper(task, cfg).to_dict(),
-            "seed": cfg.seed,
-            "malicious": cfg.malicious,
-            "attack": cfg.attack,
-            "defence": cfg.defence,
-            "encoding": cfg.encoding,
-            "malicious_devices": self.malicious_devices,
-            "malicious_applied": self.malicious_applied,
-            "malicious_rejected_by_reason": dict(sorted(self.malicious_rejected.items())),
-            "versions": self.versions,
-            "updates_applied": self.updates_applied,
-            "updates_rejected": sum(self.rejected.values()),
-            "rejected_by_reason": dict(sorted(self.rejected.items())),
-        }
-        with _poison_tolerant(cfg):
-            test_loss = loss(task.arch, self.weights, task.test.x, task.test.y)
-            if task.arch.is_classifier:
-                final = accuracy(task.arch, self.weights, task.test.x, task.test.y)
-                out["test_accuracy"] = round(final, 4)
-                out["best_accuracy"] = round(max(m for _, _, m in self.history), 4)
-                out["target"] = cfg.target
-            else:
-                out["w"] = _rounded(self.weights["w0"][0, 0], 4)
-                out["b"] = _rounded(self.weights["b0"][0], 4)
-                out["loss"] = _rounded(test_loss, 6)
-        out["test_loss"] = _rounded(test_loss, 6)
-        out["virtual_time_s"] = round(self.virtual_time_s, 4)
-        out["time_to_target_s"] = (
-            None if self.time_to_target_s is None else round(self.time_to_target_s, 4)
-        )
-        out["wall_s"] = round(self.wall_s, 3)
-        return out
-
-
-def _rounded(value: Any, digits: int) -> float | None:
-    """A JSON-safe number: a poisoned model's NaN or infinite loss becomes None."""
-    value = float(value)
-    return round(value, digits) if math.isfinite(value) else None
-
-
-@contextlib.contextmanager
-def _poison_tolerant(cfg: SimConfig) -> Iterator[None]:
-    """Under attack, overflow and NaN in the model are the measurement, not a bug."""
-    if cfg.malicious > 0:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            yield
-    else:
-        yield
-
-
-def _hyper(task: Task, cfg: SimConfig) -> Hyper:
-    return Hyper(**(task.hyper.__dict__ | cfg.hyper))
-
-
 Progress = Callable[[float, int, float], None]
 
 
@@ -217,7 +138,7 @@ class _Simulation:
         if not self.task.arch.is_classifier and cfg.malicious > 0 and cfg.attack == "labelflip":
             raise ConfigError("bad_attack", "labelflip needs a classification task")
         rng = np.random.default_rng(cfg.seed)
-        self.hyper = _hyper(self.task, cfg)
+        self.hyper = sim_hyper(self.task, cfg)
         delays = DelayModel.parse(cfg.delays).per_device(cfg.devices, rng)
         parts = partition(cfg.partition, self.task.train.y, cfg.devices, rng)
         train, ef = self.task.train, cfg.error_feedback  # one residual per device
@@ -236,7 +157,12 @@ class _Simulation:
             **fleet_params(cfg.strategy, cfg.devices, cfg.strategy_params),
         )
         self.topics = Topics("sim")
-        self.intake = Intake(self.topics, self.task.arch, strategy, log=log)
+        # The devices apply the DP policy in train_local, as agents do; the Intake
+        # accounts for it and bounds norms by it, as the daemon's does.
+        self.intake = Intake(
+            self.topics, self.task.arch, strategy, log=log, dp_clip=self.hyper.dp_clip,
+            noise=self.hyper.dp_noise, dp_delta=cfg.dp_delta,
+        )  # fmt: skip
         self.sync = cfg.strategy == "fedavg"
         self.deadline = Deadline(cfg.round_deadline if self.sync else None, 0.0)
         self.events: list[tuple[float, int, str, int, Any]] = []
@@ -352,7 +278,7 @@ class _Simulation:
         return self.intake.flush().new_version
 
     def run(self) -> SimResult:
-        with _poison_tolerant(self.cfg):
+        with poison_tolerant(self.cfg):
             return self._run()
 
     def _run(self) -> SimResult:
@@ -376,6 +302,7 @@ class _Simulation:
             if self.cfg.until_target and self.time_to_target is not None:
                 break
         self._evaluate(force=True)
+        privacy = self.intake.privacy
         return SimResult(
             config=self.cfg,
             task=self.task,
@@ -391,6 +318,10 @@ class _Simulation:
             malicious_devices=sum(d.malicious for d in self.devices),
             malicious_applied=self.malicious_applied,
             malicious_rejected=self.malicious_rejected,
+            epsilon=self.intake.snapshot().epsilon,
+            device_epsilons={}
+            if privacy is None
+            else {d.name: e for d in self.devices if (e := privacy.epsilon(d.name)) is not None},
         )
 
 
