@@ -59,7 +59,7 @@ class Inbox:
         self.metrics = metrics
         self.devices = DeviceStates()  # from their retained statuses
         self.stats_heard = asyncio.Event()  # set on each feature statistics message
-        self.chunks = chunks or Reassembler(max_chunks=MAX_HELD_CHUNKS)
+        self.chunks = chunks if chunks is not None else Reassembler(max_chunks=MAX_HELD_CHUNKS)
 
     async def receive(
         self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
