@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import BrokerConfig, BrokerSettings, fleet_setting, keepalive_setting
+from fedmq.config import (
+    BrokerConfig,
+    BrokerSettings,
+    check_chunking,
+    chunk_timeout_setting,
+    fleet_setting,
+    keepalive_setting,
+    max_payload_setting,
+)
 from fedmq.errors import ConfigError
 from fedmq.logs import LogSettings
 from fedmq.settings import Schema, check_choices, setting, settings_of
@@ -53,6 +61,11 @@ class AggregatorConfig:
         30.0, help="A FedAvg round, or a partial FedBuff buffer, closes after this many seconds."
     )
     max_update_bytes: int = setting(8 * 1024 * 1024, help="Largest update payload accepted.")
+    max_payload: int | None = max_payload_setting()
+    chunk_timeout: float = chunk_timeout_setting()
+    chunk_buffer: int = setting(
+        32 * 1024 * 1024, help="Bytes of incomplete chunked updates held in all, oldest dropped."
+    )
     export_onnx: bool = setting(True, help="Export each published version to out_dir/model.onnx.")
     client_id: str | None = setting(
         None, help="MQTT client id (none: fedmq-aggregator-FLEET, one session per fleet)."
@@ -102,8 +115,9 @@ class AggregatorConfig:
     )
 
     def __post_init__(self) -> None:
+        check_chunking(self.max_payload, self.chunk_timeout)
         positive = ("publish_interval", "status_interval", "round_deadline", "max_update_bytes")
-        positive += ("progress_interval",)
+        positive += ("progress_interval", "chunk_buffer")
         for name in (*positive, "checkpoint_every"):
             if not getattr(self, name) > 0:
                 raise ConfigError("bad_setting", f"{name} must be > 0, got {getattr(self, name)}")

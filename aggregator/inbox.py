@@ -5,6 +5,13 @@ already delivered (one ledger commit each: ``Intake.handle_batch``), and every m
 of a batch is acknowledged only after that commit, so a crash in between makes the
 broker deliver it again. Device statuses feed ``DeviceStates`` (and FedBuff's K_eff,
 a ledger event of its own); feature statistics go to the intake's standardization.
+
+An update in chunks (``fedmq.chunks``) is put back together here, and each chunk is
+acknowledged only once its whole message is resolved: applied and committed, or
+refused and counted. A kill -9 in between therefore makes the broker deliver every
+unacknowledged chunk again, and the intake's dedupe (device + seq) applies the update
+at most once; chunks lost on the device's side only leave a partial message that times
+out (``chunk_missing``), after which the device's next update gets a new seq.
 """
 
 from __future__ import annotations
@@ -19,8 +26,22 @@ import aiomqtt
 from aggregator.devices import DeviceStates, topic_kind
 from aggregator.intake import Intake, Outcome
 from aggregator.metrics import Metrics
+from fedmq.aio import wait_event
+from fedmq.chunks import Chunk, Reassembler, Resolved, is_chunk
+from fedmq.errors import WireError
 
 MAX_BATCH = 256  # updates per ledger commit at most (a bound on the work between acks)
+# Chunks held unacknowledged at most: below the broker's in-flight window for the
+# aggregator (max_inflight_messages 100 in broker_config/), which would otherwise fill
+# with partial messages and stop delivering the chunks that complete them.
+MAX_HELD_CHUNKS = 64
+
+
+def reassembler(max_message: int, max_bytes: int, timeout: float) -> Reassembler:
+    """The chunk reassembler of an inbox: per device at most two partial updates."""
+    return Reassembler(
+        max_message=max_message, max_bytes=max_bytes, max_chunks=MAX_HELD_CHUNKS, timeout=timeout
+    )
 
 
 class Inbox:
@@ -30,6 +51,7 @@ class Inbox:
         on_worker: Callable[..., Awaitable[Any]],
         on_outcome: Callable[[Outcome], None],
         metrics: Metrics | None,
+        chunks: Reassembler | None = None,
     ) -> None:
         self.intake = intake
         self.on_worker = on_worker  # runs a call on the intake's thread
@@ -37,10 +59,14 @@ class Inbox:
         self.metrics = metrics
         self.devices = DeviceStates()  # from their retained statuses
         self.stats_heard = asyncio.Event()  # set on each feature statistics message
+        self.chunks = chunks if chunks is not None else Reassembler(max_chunks=MAX_HELD_CHUNKS)
 
     async def receive(
         self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
     ) -> None:
+        # A new session: the broker resends what was not acknowledged, so the handles of
+        # the old one are void, and so are partial messages built from them.
+        self.chunks.clear()
         if stash:  # what arrived during the start check, not acknowledged yet
             await self._batch(client, persistent, stash)
         messages = client.messages
@@ -55,10 +81,20 @@ class Inbox:
     async def _batch(self, client: aiomqtt.Client, persistent: bool, batch: list[Any]) -> None:
         """Handle what was delivered, in order; acknowledge it all after its commits."""
         updates: list[tuple[str, bytes]] = []
+        acks: list[Any] = []
         for message in batch:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             topic = str(message.topic)
             kind = topic_kind(topic)
+            if kind not in ("device_status", "stats") and is_chunk(payload):
+                resolved = self._chunk(topic, payload, message)
+                updates += [(topic, r.payload) for r in resolved if r.payload is not None]
+                if any(r.reason is not None for r in resolved):  # a refusal of its own
+                    await self._updates(updates)
+                    updates = []
+                acks += await self._resolved(resolved)
+                continue
+            acks.append(message)
             if kind == "device_status":
                 online = self.devices.note(topic, payload)
                 if self.metrics is not None:
@@ -80,10 +116,41 @@ class Inbox:
                 self.on_outcome(outcome)
         await self._updates(updates)
         # Only now is every record of the batch committed.
+        self._ack(client, persistent, acks)
+
+    def _ack(self, client: aiomqtt.Client, persistent: bool, messages: list[Any]) -> None:
         if persistent:
-            for message in batch:
-                if message.qos > 0:
+            for message in messages:
+                if message is not None and message.qos > 0:
                     client._client.ack(message.mid, message.qos)
+
+    def _chunk(self, topic: str, payload: bytes, message: Any) -> list[Resolved]:
+        """One chunk of an update: what it resolved (a whole payload, refusals, repeats)."""
+        try:
+            chunk = Chunk.decode(payload, max_bytes=self.intake.validator.max_bytes)
+            if chunk.of != "update":
+                raise WireError("bad_kind", f"a chunk of {chunk.of} on an update topic")
+        except WireError as exc:  # no message to tie it to: refused by itself
+            return [Resolved(topic, "", [message], reason=exc.reason, message=exc.message)]
+        return self.chunks.offer(topic, chunk, message)
+
+    async def _resolved(self, resolved: list[Resolved]) -> list[Any]:
+        """Count the refusals among ``resolved``; the handles to acknowledge after commit."""
+        acks = []
+        for r in resolved:
+            if r.reason is not None:
+                outcome = await self.on_worker(self.intake.refuse, r.sender, r.reason, r.message)
+                self.on_outcome(outcome)
+                self._observe(outcome, 0.0, 0)
+            acks += r.tokens
+        return acks
+
+    async def sweep(self, client: aiomqtt.Client, stop: asyncio.Event, persistent: bool) -> None:
+        """Refuse the partial chunked updates that time out (``chunk_missing``), until stop."""
+        while not await wait_event(stop, self.chunks.timeout / 4):
+            resolved = self.chunks.expire()
+            if resolved:
+                self._ack(client, persistent, await self._resolved(resolved))
 
     async def _updates(self, updates: list[tuple[str, bytes]]) -> None:
         if not updates:

@@ -205,6 +205,15 @@ class Intake:
         with self.ledger.transaction():
             return [self.handle(topic, payload) for topic, payload in messages]
 
+    def refuse(self, topic: str, reason: str, message: str) -> Outcome:
+        """Count a message refused before it became an update: a chunked one that never
+        came together whole (``fedmq.chunks``), or a chunk that is bad by itself."""
+        try:
+            device = parse(topic).device
+        except FedmqError:
+            device = None
+        return self._reject(UpdateRejected(reason, message, device=device), seq=None)
+
     def _reject(self, exc: UpdateRejected, seq: int | None) -> Outcome:
         self.counters.reject(exc.reason, exc.message, exc.device, seq)
         # A redelivered or replayed seq keeps the one record it already has.

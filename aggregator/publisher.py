@@ -12,6 +12,7 @@ Each new version's evaluation goes to history.jsonl and to the retained summary 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import multiprocessing
 import os
@@ -26,6 +27,7 @@ import numpy as np
 
 from aggregator.history import History, Recent
 from aggregator.intake import Snapshot
+from fedmq.chunks import Manifest, split
 from fedmq.data import Dataset
 from fedmq.errors import ConfigError
 from fedmq.model import Arch, Weights, accuracy, loss
@@ -35,6 +37,7 @@ from fedmq.training import Hyper
 from fedmq.wire import GlobalModel
 
 PARENT_POLL_S = 0.5
+log = logging.getLogger("fedmq.aggregator")
 
 
 @dataclass(frozen=True)
@@ -103,8 +106,14 @@ class Publisher:
         run: str,
         evalset: Dataset | None = None,
         export_onnx: bool = True,
+        max_payload: int | None = None,
     ) -> None:
         self.topics, self.arch, self.hyper, self.evalset = topics, arch, hyper, evalset
+        self.max_payload = max_payload
+        # Chunk topics model/global/{i} that may hold a retained chunk (set from the
+        # retained manifest at start): the ones a smaller model no longer uses are cleared.
+        self.retained_chunks = 0
+        self._onnx_skipped = False
         self.run = run
         self.rollbacks = 0  # announced rollbacks of ``run`` (set by the start check)
         self.export_onnx = export_onnx
@@ -122,15 +131,44 @@ class Publisher:
     ) -> GlobalModel:
         """Publish ``snap``'s model retained; evaluate and log a version not seen before."""
         model = await asyncio.to_thread(self._build, snap)
-        payload = model.encode()
-        await client.publish(self.topics.model_global, payload, qos=1, retain=True)
-        self.bytes_out += len(payload)
+        self.bytes_out += await self._publish_global(client, model)
         if export:
             await self.publish_onnx(client, model)
         if snap.version != self.published_version:
             self.last_eval = await asyncio.to_thread(self._evaluate_and_log, snap)
         self.published_version = snap.version
         return model
+
+    async def _publish_global(self, client: aiomqtt.Client, model: GlobalModel) -> int:
+        """The retained model: whole, or in chunks with their manifest last (docs/wire.md
+        3.8), so no device assembles a version before all of it is retained. Bytes sent."""
+        payload = await asyncio.to_thread(model.encode)
+        chunks = (
+            [] if self.max_payload is None else split(payload, "global_model", self.max_payload)
+        )
+        sent = 0
+        if chunks:
+            encoded = [c.encode() for c in chunks]
+            topics = [self.topics.model_chunk(c.index) for c in chunks]
+            await asyncio.gather(
+                *(
+                    client.publish(t, p, qos=1, retain=True)
+                    for t, p in zip(topics, encoded, strict=True)
+                )
+            )
+            sent = sum(map(len, encoded))
+            payload = Manifest(
+                model.run, model.version, chunks[0].digest, len(payload), len(chunks),
+                rollbacks=model.rollbacks,
+            ).encode()  # fmt: skip
+        await client.publish(self.topics.model_global, payload, qos=1, retain=True)
+        # Clear what an earlier, larger model left retained (an empty retained payload).
+        stale = range(len(chunks), self.retained_chunks)
+        await asyncio.gather(
+            *(client.publish(self.topics.model_chunk(i), b"", qos=1, retain=True) for i in stale)
+        )
+        self.retained_chunks = len(chunks)
+        return sent + len(payload)
 
     def _build(self, snap: Snapshot) -> GlobalModel:
         return GlobalModel.build(
@@ -151,6 +189,16 @@ class Publisher:
         job = await asyncio.to_thread(self._export_job, model)
         data = await asyncio.wrap_future(job)
         await asyncio.to_thread(self._write_onnx, data)
+        if self.max_payload is not None and len(data) > self.max_payload:
+            # Raw ONNX bytes have no envelope to chunk in; the broker would drop them.
+            if not self._onnx_skipped:
+                log.warning(
+                    "ONNX export of %d bytes exceeds max_payload %d: written to %s, not "
+                    "published on %s", len(data), self.max_payload, self.onnx_path,
+                    self.topics.model_onnx,
+                )  # fmt: skip
+                self._onnx_skipped = True
+            return
         await client.publish(self.topics.model_onnx, data, qos=1, retain=True)
         self.bytes_out += len(data)
 

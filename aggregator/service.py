@@ -24,13 +24,13 @@ import aiomqtt
 from aggregator.config import AggregatorConfig
 from aggregator.counters import Counters
 from aggregator.deadline import Deadline
-from aggregator.inbox import Inbox
+from aggregator.inbox import Inbox, reassembler
 from aggregator.intake import Intake, Outcome, Snapshot, standardization
 from aggregator.ledger import Ledger
 from aggregator.metrics import Metrics
 from aggregator.progress import Progress
 from aggregator.publisher import Evaluation, Publisher, make_out_dir
-from aggregator.startup import start_check
+from aggregator.startup import read_retained_model, start_check
 from aggregator.storage import storage_failure, why_offline
 from aggregator.strategies import ModelGate, Strategy
 from aggregator.strategies.gate import eval_loss
@@ -75,6 +75,7 @@ class Aggregator:
             run=new_run(),  # without a ledger; with one, the start check sets the ledger's
             evalset=evalset,
             export_onnx=cfg.export_onnx,
+            max_payload=cfg.max_payload,
         )
         self.serving = asyncio.Event()
         self.subscribed = asyncio.Event()  # before serving: it may wait for statistics
@@ -82,7 +83,8 @@ class Aggregator:
         self._dirty = asyncio.Event()
         self._deadline = Deadline(cfg.round_deadline, time.monotonic())
         self.metrics = None if cfg.metrics_port is None else Metrics()
-        self.inbox = Inbox(self.intake, self._on_worker, self._outcome, self.metrics)
+        chunks = reassembler(cfg.max_update_bytes, cfg.chunk_buffer, cfg.chunk_timeout)
+        self.inbox = Inbox(self.intake, self._on_worker, self._outcome, self.metrics, chunks)
         self._bytes_reported = 0
         self._checked = False  # the start check (aggregator.startup) runs once, at start
 
@@ -241,6 +243,7 @@ class Aggregator:
                 tg.create_task(self._status_loop(client, stop)),
                 tg.create_task(self._deadlines(stop)),
                 tg.create_task(self._progress_loop(stop)),
+                tg.create_task(self.inbox.sweep(client, stop, persistent)),
                 tg.create_task(self.publisher.publish_onnx(client, model)),
             ]
             await stop.wait()
@@ -258,16 +261,19 @@ class Aggregator:
     async def _start_check(self, client: aiomqtt.Client) -> list[aiomqtt.Message]:
         """The start check (``aggregator.startup``), once; what arrived meanwhile comes
         back, unacknowledged, for the inbox."""
-        ledger = self.intake.ledger
-        if ledger is None:  # every start is a new run, which devices follow
-            self._checked = True
-            return []
-        version = self.intake.strategy.version
-        record, stash = await start_check(
-            client, self.topics.model_global, ledger, version, self.cfg, self._on_worker
-        )
-        self.publisher.run, self.publisher.rollbacks = record.run, record.rollbacks
+        ledger, topic = self.intake.ledger, self.topics.model_global
         self._checked = True
+        if ledger is None:  # every start is a new run, which devices follow
+            if self.cfg.max_payload is None:
+                return []
+            seen, stash = await read_retained_model(client, topic)  # its retained chunks
+        else:
+            version = self.intake.strategy.version
+            record, stash, seen = await start_check(
+                client, topic, ledger, version, self.cfg, self._on_worker
+            )
+            self.publisher.run, self.publisher.rollbacks = record.run, record.rollbacks
+        self.publisher.retained_chunks = 0 if seen is None else seen.chunks
         return stash
 
     async def _farewell(

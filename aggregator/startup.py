@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiomqtt
 
 from aggregator.ledger_schema import RunRecord
+from fedmq.chunks import Manifest, is_manifest
 from fedmq.errors import ConfigError, WireError
 from fedmq.retained import collect_retained, forget
 from fedmq.wire import GlobalModel
@@ -58,14 +59,18 @@ class Seen:
     run: str
     version: int
     rollbacks: int = 0
+    chunks: int = 0  # retained chunk topics of a chunked model (its manifest's count)
 
     @classmethod
     def of(cls, payload: bytes | None) -> Seen | None:
-        """The retained model's identity; None when there is none (or it is undecodable,
-        and the next publish replaces it)."""
+        """The retained model's identity, whole or as a chunked model's manifest; None
+        when there is none (or it is undecodable, and the next publish replaces it)."""
         if not payload:
             return None
         try:
+            if is_manifest(payload):
+                m = Manifest.decode(payload)
+                return cls(m.run, m.version, m.rollbacks, m.count)
             model = GlobalModel.decode(payload)
         except WireError as exc:
             log.warning("ignoring the retained global model: %s", exc)
@@ -162,10 +167,10 @@ async def start_check(
     version: int,
     cfg: AggregatorConfig,
     on_worker: Callable[..., Awaitable[Any]],
-) -> tuple[RunRecord, list[aiomqtt.Message]]:
-    """Agree with the retained model before publishing anything; the run to serve, and the
-    messages that arrived meanwhile (not acknowledged yet). ``on_worker`` runs the ledger's
-    calls on the intake's thread."""
+) -> tuple[RunRecord, list[aiomqtt.Message], Seen | None]:
+    """Agree with the retained model before publishing anything; the run to serve, the
+    messages that arrived meanwhile (not acknowledged yet) and what the broker retains.
+    ``on_worker`` runs the ledger's calls on the intake's thread."""
     retained, stash = await read_retained_model(client, topic)
     record, origin = await on_worker(ledger.run)
     held = Held(ledger.path, record, version, origin, ledger.wal_lost)
@@ -173,4 +178,4 @@ async def start_check(
     if start.note:
         log.warning("start check: %s", start.note)
     await on_worker(ledger.set_run, start.record)
-    return start.record, stash
+    return start.record, stash, retained

@@ -42,12 +42,13 @@ from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
 from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
+from fedmq.chunks import ModelChunks, assemble, split
 from fedmq.data import Dataset
 from fedmq.errors import FedmqError
 from fedmq.feedback import ErrorFeedback
 from fedmq.identity import client_id
 from fedmq.model import Weights
-from fedmq.topics import Topics
+from fedmq.topics import Topics, parse
 from fedmq.training import TrainStats, train_local
 from fedmq.wire import DeviceStatus, GlobalModel, Update
 
@@ -149,7 +150,8 @@ class Agent:
             # The ledger first: its retained seq then arrives before the retained model,
             # so a lost state file is resynced before the first update is numbered.
             await client.subscribe(self.topics.aggregator_device(self.cfg.device), qos=1)
-            await client.subscribe(self.topics.model_global, qos=1)
+            # The model, and its chunks when it is too large for one payload.
+            await client.subscribe(self.topics.model_global_filter, qos=1)
             self.connected.set()
             log.info("device %s connected to %s", self.cfg.device, self.cfg.broker.url)
             async with TaskGroup() as tg:
@@ -207,19 +209,37 @@ class Agent:
         return changed
 
     async def _receive(self, client: aiomqtt.Client) -> None:
+        # Per session: retained chunks come again after a reconnect.
+        pieces = ModelChunks(timeout=self.cfg.chunk_timeout)
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | bytearray):
                 continue
             self.stats.bytes_down += len(payload)
-            if message.topic.matches(self.topics.model_global):
-                await self._on_model(client, bytes(payload))
-            else:
+            try:
+                where = parse(str(message.topic))
+            except FedmqError:  # e.g. model/global/x: not a chunk topic, nothing of ours
+                continue
+            if where.kind == "model_global":
+                await self._on_model(client, bytes(payload), pieces)
+            elif where.kind == "model_chunk" and payload:  # empty: a cleared chunk
+                await self._on_model(client, bytes(payload), pieces, where.index)
+            elif where.kind == "aggregator_device":
                 self._on_ledger(bytes(payload))
 
-    async def _on_model(self, client: aiomqtt.Client, payload: bytes) -> None:
+    async def _on_model(
+        self,
+        client: aiomqtt.Client,
+        payload: bytes,
+        pieces: ModelChunks,
+        index: int | None = None,
+    ) -> None:
+        """A whole model, its manifest, or chunk ``index`` of it."""
         try:
-            model = read_model(payload, None, self.limits)
+            whole = assemble(pieces, payload, index)
+            if whole is None:
+                return  # more pieces to come
+            model = read_model(whole, None, self.limits)
             data = self.local.for_model(model.arch, model.version)
         except FedmqError as exc:
             self.stats.bad_models += 1
@@ -268,11 +288,16 @@ class Agent:
             update = await self._attempt(model)
             self._trained = model  # a failed run is not retried on the same model
             if update is not None:
-                payload = update.encode()
-                await client.publish(self.topics.update(self.cfg.device), payload, qos=1)
-                self.stats.updates_sent += 1
-                self.stats.bytes_up += len(payload)
+                await self._send(client, update.encode())
             await self._publish_status(client, self._resting)
+
+    async def _send(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """One update, in chunks when it exceeds ``max_payload``; back once all are acked."""
+        topic, limit = self.topics.update(self.cfg.device), self.cfg.max_payload
+        chunks = [] if limit is None else [c.encode() for c in split(payload, "update", limit)]
+        await asyncio.gather(*(client.publish(topic, p, qos=1) for p in chunks or [payload]))
+        self.stats.updates_sent += 1
+        self.stats.bytes_up += sum(map(len, chunks)) if chunks else len(payload)
 
     async def _attempt(self, model: GlobalModel) -> Update | None:
         """One run on ``model``: its update, or None after reporting why there is none."""

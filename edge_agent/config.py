@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmq.config import BrokerConfig, BrokerSettings, fleet_setting, keepalive_setting
+from fedmq.config import (
+    BrokerConfig,
+    BrokerSettings,
+    check_chunking,
+    chunk_timeout_setting,
+    fleet_setting,
+    keepalive_setting,
+    max_payload_setting,
+)
 from fedmq.errors import ConfigError
 from fedmq.logs import LogSettings
 from fedmq.settings import Resolved, Schema, check_choices, setting
@@ -60,7 +68,11 @@ class AgentConfig:
         300.0, help="Longest a local training run may take before it is abandoned (s)."
     )
 
+    max_payload: int | None = max_payload_setting()
+    chunk_timeout: float = chunk_timeout_setting()
+
     def __post_init__(self) -> None:
+        check_chunking(self.max_payload, self.chunk_timeout)
         validate_device_id(self.device)
         validate_fleet(self.fleet)
         check_choices(self)

@@ -29,6 +29,30 @@ def keepalive_setting() -> Any:
     return setting(30, help="MQTT keepalive in seconds (5 to 3600).")
 
 
+# Chunking (fedmq.chunks), the same on both sides: what each one publishes larger than
+# max_payload goes out in chunks; what it receives in chunks it always reassembles.
+MIN_PAYLOAD = 1024
+
+
+def max_payload_setting() -> Any:
+    return setting(
+        None,
+        help="Largest MQTT payload to publish, in bytes (>= 1024; AWS IoT Core: 131072): a "
+        "larger update or model goes out in chunks (none: never chunk).",
+    )
+
+
+def chunk_timeout_setting() -> Any:
+    return setting(30.0, help="Seconds a chunked message may take to arrive whole.")
+
+
+def check_chunking(max_payload: int | None, chunk_timeout: float) -> None:
+    if max_payload is not None and max_payload < MIN_PAYLOAD:
+        raise ConfigError("bad_setting", f"max_payload must be >= {MIN_PAYLOAD}, got {max_payload}")
+    if not 0 < chunk_timeout < float("inf"):
+        raise ConfigError("bad_setting", f"chunk_timeout must be > 0, got {chunk_timeout}")
+
+
 @dataclass(frozen=True)
 class BrokerSettings:
     """Broker connection (the same keys for the agent and the aggregator)."""

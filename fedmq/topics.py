@@ -70,6 +70,17 @@ class Topics:
     def model_global(self) -> str:
         return f"{self.prefix}/model/global"
 
+    def model_chunk(self, index: int) -> str:
+        """Where chunk ``index`` of a chunked global model is retained (fedmq.chunks)."""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise TopicError("bad_topic", f"chunk index {index!r} must be an int >= 0")
+        return f"{self.model_global}/{index}"
+
+    @property
+    def model_global_filter(self) -> str:
+        """The global model and its chunks: ``#`` also matches ``model/global`` itself."""
+        return f"{self.model_global}/#"
+
     @property
     def model_onnx(self) -> str:
         return f"{self.prefix}/model/onnx"
@@ -118,10 +129,12 @@ class ParsedTopic:
     kind: str
     fleet: str
     device: str | None = None
+    index: int | None = None  # of a model_chunk
 
 
 KINDS = (
     "model_global",
+    "model_chunk",
     "model_onnx",
     "update",
     "device_status",
@@ -130,6 +143,11 @@ KINDS = (
     "aggregator_device",
     "stats",
 )
+
+
+def _canonical_index(level: str) -> bool:
+    """A chunk index level: decimal digits, no leading zero, below 10000."""
+    return level.isascii() and level.isdigit() and len(level) <= 4 and level == str(int(level))
 
 
 def parse(topic: str) -> ParsedTopic:
@@ -144,6 +162,8 @@ def parse(topic: str) -> ParsedTopic:
     match rest:
         case ["model", "global"]:
             return ParsedTopic("model_global", fleet)
+        case ["model", "global", index] if _canonical_index(index):
+            return ParsedTopic("model_chunk", fleet, index=int(index))
         case ["model", "onnx"]:
             return ParsedTopic("model_onnx", fleet)
         case ["updates", device]:

@@ -100,6 +100,26 @@ def broker(request: pytest.FixtureRequest) -> LocalBroker:
     return request.getfixturevalue(shared[request.param])
 
 
+# AWS IoT Core's cap. Mosquitto 2.0 calls message_size_limit deprecated in favour of
+# max_packet_size, but only message_size_limit caps the payload itself (max_packet_size
+# counts the topic and headers too, and disconnects the sender); test_chunked.py checks
+# that a 200 KB publish through this broker is really dropped.
+PAYLOAD_CAP = 131072
+
+
+@pytest.fixture
+def mosquitto_128k(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A Mosquitto of this test's own that drops any payload over 128 KiB (dev.conf with
+    ``message_size_limit 131072``), like a managed broker."""
+    from tools.broker.mosquitto import DEV_CONF, substitute_lines
+
+    conf = tmp_path_factory.mktemp("mosquitto-128k") / "capped.conf"
+    text = DEV_CONF.read_text(encoding="utf-8")
+    conf.write_text(substitute_lines(text, {"message_size_limit": str(PAYLOAD_CAP)}))
+    with make_broker("mosquitto", config=conf) as broker:
+        yield broker
+
+
 @pytest.fixture
 def mosquitto_binaries() -> dict[str, str]:
     """The paths of ``mosquitto`` and ``mosquitto_passwd``; missing ones skip the test (see

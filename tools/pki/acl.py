@@ -33,6 +33,8 @@ _GRANTS = {
         "write {f}/stats/{u}",
         # The global model and its ONNX export (retained), and its own ledger entry.
         "read {f}/model/global",
+        # The retained chunks of a global model too large for one payload (fedmq.chunks).
+        "read {f}/model/global/+",
         "read {f}/model/onnx",
         "read {f}/aggregator/devices/{u}",
     ),

@@ -106,6 +106,7 @@ async def test_a_device_cannot_write_as_another_or_touch_the_model(
         (f"fl/{fleet}/devices/dev-b/status", True),
         (f"fl/{fleet}/stats/dev-b", False),
         (model, True),  # the aggregator's topics
+        (f"{model}/0", True),  # a chunk of a chunked model (fedmq.chunks)
         (f"fl/{fleet}/model/onnx", True),
         (f"fl/{fleet}/aggregator/status", True),
         (f"fl/{fleet}/aggregator/devices/dev-a", True),
@@ -130,15 +131,17 @@ async def test_a_device_cannot_write_as_another_or_touch_the_model(
             # The observer reads everything: the retained model, then the marker alone.
             assert seen(await until_marker(obs, marker[0])) == [(model, b"model-v1"), marker]
 
-        # The retained model is still the aggregator's, for a device that connects now.
+        # The retained model is still the aggregator's, for a device that connects now;
+        # so are the chunks of a chunked one, which a device may read too.
+        async with secure.client("aggregator") as agg:
+            await agg.publish(f"{model}/0", b"chunk-0", qos=1, retain=True)
         async with secure.client("dev-b") as late:
-            await late.subscribe(model, qos=1)
-            message = await anext(late.messages)
-            assert (message.topic.value, message.payload, message.retain) == (
-                model,
-                b"model-v1",
-                True,
-            )
+            await late.subscribe(f"{model}/#", qos=1)
+            got = {
+                (m.topic.value, m.payload, m.retain)
+                for m in [await anext(late.messages) for _ in range(2)]
+            }
+            assert got == {(model, b"model-v1", True), (f"{model}/0", b"chunk-0", True)}
 
     await bounded(scenario())
 
