@@ -156,7 +156,7 @@ class Agent:
             # The ledger first: its retained seq then arrives before the retained model,
             # so a lost state file is resynced before the first update is numbered.
             await client.subscribe(self.topics.aggregator_device(self.cfg.device), qos=1)
-            pull = self.pull(client, self.topics.model_global)
+            pull = self.pull(client, self.topics.model_global, self.stats.model_downloads)
             await pull.open()  # ready: every session starts by asking for the current model
             self.connected.set()
             log.info("device %s connected to %s", self.cfg.device, self.cfg.broker.url)
@@ -273,7 +273,7 @@ class Agent:
             self._new_model.clear()  # before the check: a model arriving after it sets it
             model = self._latest
             if model is not None and follows(self._trained, model):
-                await pull.close()  # what is published during the run is not downloaded
+                await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
                 return model
             await pull.open()  # the broker answers with its retained model
             await wait_any(self._new_model, stop)

@@ -132,3 +132,25 @@ async def test_a_reconnected_agent_subscribes_again_and_gets_the_retained_model(
         await task
     assert after.base_version == 3
     assert agent.stats.connects >= 2
+
+
+async def test_a_cycle_of_more_than_one_download_flips_between_pull_and_follow(
+    mosquitto, fleet, tmp_path
+):
+    topic = Topics(fleet).model_global
+    async with h.client(mosquitto.url) as c:
+        pull = ModelPull(c, topic, downloads=0)
+        await pull.open()
+        await pull.start_run(1)  # one download for the run: keep pulling
+        assert (pull.follow, pull.subscribed) == (False, False)
+        await pull.open()
+        await pull.start_run(3)  # the retained copy was the model just trained on
+        assert (pull.follow, pull.subscribed) == (True, True)
+        await pull.start_run(4)  # one version per run: following costs nothing extra
+        assert (pull.follow, pull.subscribed) == (True, True)
+        await pull.start_run(7)  # three versions during one run: pulling would take one
+        assert (pull.follow, pull.subscribed) == (False, False)
+        await pull.open()
+        # Subscribed once more, the broker answers with its retained model at once.
+        await c.publish(topic, h.model(2), qos=1, retain=True)
+        assert (await h.next_message(c, topic)).payload == h.model(2)
