@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +87,8 @@ def _aggregator(url: str, fleet: str, work: Path, port: int, args: argparse.Name
     save_npz(work / "test.npz", task.test)
     h = task.hyper
     argv = [
-        *(str(Path(sys.executable).parent / "fedmq"), "aggregator", "--broker", url, "--fleet", fleet),
+        *(str(Path(sys.executable).parent / "fedmq"), "aggregator", "--broker", url),
+        *("--fleet", fleet),
         *("--model", "mlp:64,32,10", "--eval", str(work / "test.npz")),
         *("--out-dir", str(work / "aggregator"), "--metrics-port", str(port)),
         *("--strategy", args.strategy, "--no-standardize", "--no-export-onnx"),
@@ -148,7 +147,9 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 for proc, err in workers:
                     proc.wait(timeout=120)
                     err.close()
-            reports = [json.loads((work / f"worker{i}.json").read_text()) for i in range(len(workers))]
+            reports = [
+                json.loads((work / f"worker{i}.json").read_text()) for i in range(len(workers))
+            ]
             time.sleep(1.0)  # let the aggregator fold the last updates the workers sent
             final = _scrape(port)
         finally:
@@ -156,14 +157,23 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             agg.wait(timeout=60)
             agg_log.close()
         stale = applied_staleness(work / "aggregator" / "ledger.sqlite", t0, t1)
-        return _row(n, mode, args, t1 - t0, before, after, final, reports, aggp, mosq, mosq_idle, stale)
+        probes = (aggp, mosq, mosq_idle, stale)
+        return _row(n, mode, t1 - t0, (before, after, final), reports, probes)
 
 
-def _row(n, mode, args, window, before, after, final, reports, aggp, mosq, mosq_idle, stale):
+def _row(
+    n: int,
+    mode: str,
+    window: float,
+    scrapes: tuple[str, str, str],
+    reports: list[dict[str, Any]],
+    probes: tuple[ProcSampler, ProcSampler, int, dict[str, float]],
+) -> dict[str, Any]:
+    before, after, final = scrapes
+    aggp, mosq, mosq_idle, stale = probes
     accepted = metric(final, "fedmq_updates_total", result="accepted")
     rejected = sum(
-        metric(final, "fedmq_updates_total", result="rejected", reason=r)
-        for r in _reasons(final)
+        metric(final, "fedmq_updates_total", result="rejected", reason=r) for r in _reasons(final)
     )
     in_window = metric(after, "fedmq_updates_total", result="accepted") - metric(
         before, "fedmq_updates_total", result="accepted"
@@ -205,7 +215,7 @@ def _row(n, mode, args, window, before, after, final, reports, aggp, mosq, mosq_
 def _reasons(text: str) -> set[str]:
     out = set()
     for line in text.splitlines():
-        if line.startswith('fedmq_updates_total{') and 'result="rejected"' in line:
+        if line.startswith("fedmq_updates_total{") and 'result="rejected"' in line:
             out.add(line.split('reason="', 1)[1].split('"', 1)[0])
     return out
 
@@ -263,7 +273,8 @@ def table(r: dict[str, Any]) -> str:
         "pull on ready. CPU is % of one core over the window; RSS the peak sampled.\n\n"
         "| devices | mode | downloads / applied update | updates/s | staleness mean / p90 "
         "| final acc. | aggregator CPU / RSS | Mosquitto RSS | Mosquitto MB / 100 dev. "
-        "| agents MB / 100 dev. | applied (rejected) |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| agents MB / 100 dev. | applied (rejected) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for x in r["runs"]:
@@ -273,7 +284,8 @@ def table(r: dict[str, Any]) -> str:
             f"{x['updates_per_s']:.1f} | {st['mean']:.2f} / {st['p90']:g} | "
             f"{x['final_accuracy']:.4f} | {x['aggregator_cpu_pct']:.0f} % / "
             f"{x['aggregator_rss_mb']:.0f} MB | {x['mosquitto_rss_mb']:.1f} MB | "
-            f"{x['mosquitto_rss_per_100_devices_mb']:.2f} | {x['agent_rss_per_100_devices_mb']:.1f} | "
+            f"{x['mosquitto_rss_per_100_devices_mb']:.2f} | "
+            f"{x['agent_rss_per_100_devices_mb']:.1f} | "
             f"{x['updates_applied']:,} ({x['updates_rejected']:,}) |"
         )
     return "\n".join(lines) + "\n"
