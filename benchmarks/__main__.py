@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "convergence": "time to 0.90/0.95 over MQTT in wall time, per strategy, with sync FedAvg",
     "compression": "bytes per update and final accuracy per encoding, with error feedback",
     "privacy": "accuracy against DP ε for noise multipliers 0, 0.5, 1, 2 (simulate)",
+    "scale": "N devices over worker processes against a real aggregator: downlink, CPU, RSS",
 }
 # Benchmarks older than this entry point: what --quick means for them, and their own
 # --out FILE in place of --out-dir.

@@ -1,11 +1,14 @@
-"""The device service: follow the global model, train on each new version, send the delta.
+"""The device service: pull the global model when ready, train on it, send the delta.
 
-Policy for a model that arrives while training: the run in progress is finished and
-sent as a (stale) update, because the server's staleness weighting already discounts
-it and the compute is spent; the agent then trains on the newest version it holds,
-skipping any in between. The same version republished later (a restarted aggregator)
-counts as new: the agent trains on it again. At most one update is in flight: the next
-run starts only after the broker acknowledged (QoS 1 PUBACK) the previous update.
+Pull on ready (``edge_agent.pull``): the agent is subscribed to the retained global
+model only while it waits for a model to train on, and unsubscribes for the run, so it
+downloads one model per run rather than every version the aggregator publishes. A
+model that still arrives during a run (its UNSUBSCRIBE in flight) is kept and trained
+on next; the run in progress is finished and sent as a (stale) update, because the
+server's staleness weighting already discounts it and the compute is spent. The same
+version republished later (a restarted aggregator) counts as new: the agent trains on
+it again. At most one update is in flight: the next run starts only after the broker
+acknowledged (QoS 1 PUBACK) the previous update.
 
 Nothing received can stop the agent: a model that fails ``edge_agent.checks``, or a
 run that fails (non-finite result, over ``max_train_seconds``), puts the retained status
@@ -37,6 +40,7 @@ from edge_agent.checks import (
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
 from edge_agent.datafile import DataFile, Loader, feature_stats
+from edge_agent.pull import ModelPull
 from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
 from fedmq._version import __version__
@@ -63,11 +67,14 @@ class AgentStats:
     bytes_up: int = 0
     bytes_down: int = 0
     models_received: int = 0
+    model_downloads: int = 0  # every payload on model/global, good, bad or already held
     bad_models: int = 0
     connects: int = 0
 
 
 class Agent:
+    pull = ModelPull  # how a session holds the model's subscription
+
     def __init__(
         self, cfg: AgentConfig, data: Dataset | LocalData, *, loader: Loader | None = None
     ) -> None:
@@ -150,13 +157,15 @@ class Agent:
             # The ledger first: its retained seq then arrives before the retained model,
             # so a lost state file is resynced before the first update is numbered.
             await client.subscribe(self.topics.aggregator_device(self.cfg.device), qos=1)
-            # The model, and its chunks when it is too large for one payload.
-            await client.subscribe(self.topics.model_global_filter, qos=1)
+            # The model, and its chunks when it is too large for one payload: subscribed
+            # only while ready (edge_agent.pull); every session starts by asking for it.
+            pull = self.pull(client, self.topics.model_global_filter, self.stats.model_downloads)
+            await pull.open()
             self.connected.set()
             log.info("device %s connected to %s", self.cfg.device, self.cfg.broker.url)
             async with TaskGroup() as tg:
                 receiver = tg.create_task(self._receive(client))
-                trainer = tg.create_task(self._train_loop(client, stop))
+                trainer = tg.create_task(self._train_loop(client, pull, stop))
                 watcher = tg.create_task(self._watch_data(client, stop))
                 await stop.wait()
                 # The trainer also ends by itself on ``stop``: aiomqtt's publish can swallow
@@ -220,7 +229,8 @@ class Agent:
                 where = parse(str(message.topic))
             except FedmqError:  # e.g. model/global/x: not a chunk topic, nothing of ours
                 continue
-            if where.kind == "model_global":
+            if where.kind == "model_global":  # a model or a manifest: one download
+                self.stats.model_downloads += 1
                 await self._on_model(client, bytes(payload), pieces)
             elif where.kind == "model_chunk" and payload:  # empty: a cleared chunk
                 await self._on_model(client, bytes(payload), pieces, where.index)
@@ -278,12 +288,22 @@ class Agent:
                 ledger.last_seq + 1,
             )
 
-    async def _train_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        while await wait_any(self._new_model, stop) and not stop.is_set():
-            self._new_model.clear()
+    async def _next_model(self, pull: ModelPull, stop: asyncio.Event) -> GlobalModel | None:
+        """The model to train on next (None on ``stop``), subscribed only while waiting."""
+        while not stop.is_set():
+            self._new_model.clear()  # before the check: a model arriving after it sets it
             model = self._latest
-            if model is None or not follows(self._trained, model):
-                continue
+            if model is not None and follows(self._trained, model):
+                await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
+                return model
+            await pull.open()  # the broker answers with its retained model
+            await wait_any(self._new_model, stop)
+        return None
+
+    async def _train_loop(
+        self, client: aiomqtt.Client, pull: ModelPull, stop: asyncio.Event
+    ) -> None:
+        while (model := await self._next_model(pull, stop)) is not None:
             await self._publish_status(client, "training")
             update = await self._attempt(model)
             self._trained = model  # a failed run is not retried on the same model

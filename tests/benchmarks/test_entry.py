@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks.__main__ import BENCHMARKS
 
-BROKER = {"throughput", "footprint", "ledger", "convergence"}
+BROKER = {"throughput", "footprint", "ledger", "convergence", "scale"}
 
 
 @pytest.mark.parametrize(

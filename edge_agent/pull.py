@@ -1,0 +1,62 @@
+"""Pull on ready: the agent holds the global model's subscription only while it waits.
+
+The broker retains the fleet's current model and delivers it to every new subscription
+(MQTT 3.1.1 §3.3.1.3), so a device that subscribes when it is ready to train receives
+the newest version at once, and one that unsubscribes while it trains receives none of
+the versions published meanwhile: one download per run instead of one per published
+version (issue 12, item 4). The corners, and why each is safe:
+
+- A publish that arrives while the UNSUBSCRIBE is in flight is handled as any other:
+  when it is newer, the next run starts from it without subscribing again.
+- The retained copy delivered on subscribe may be the model just trained on (nothing
+  was published since): it is not newer, so the agent stays subscribed and trains on
+  the next publish. That copy is the one download a run can waste.
+- A model retained before the subscription is delivered by the subscription itself,
+  so an agent never waits for a version that was published while it was away.
+- A new session starts unsubscribed (clean session: the broker forgot the old one).
+
+When versions are rarer than runs (a small fleet whose FedBuff version needs every
+device), that retained copy would be wasted on most runs. So each session flips between
+two modes, by the only cost it can see, the downloads of the last cycle (from one run's
+start to the next): ``pull`` (unsubscribed during runs) and ``follow`` (subscribed
+throughout, as agents were before). A cycle that took more than one download flips the
+mode: in ``pull`` it was a wasted retained copy, in ``follow`` versions that arrived
+during the run and that pulling would have skipped. Either way the next run starts from
+the newest model the agent can know of, so staleness is the same in both.
+"""
+
+from __future__ import annotations
+
+import aiomqtt
+
+
+class ModelPull:
+    """The ``model/global`` subscription of one session, opened and closed at most once each
+    way (a second ``open`` is not a second SUBSCRIBE, which would redeliver the retained copy)."""
+
+    def __init__(self, client: aiomqtt.Client, topic: str, downloads: int = 0) -> None:
+        """``downloads``: the agent's model downloads so far (its cumulative counter)."""
+        self.client, self.topic = client, topic
+        self.subscribed = False
+        self.follow = False
+        self._mark = downloads
+
+    async def start_run(self, downloads: int) -> None:
+        """A run starts (``downloads`` so far): choose the mode, and unsubscribe to pull."""
+        if downloads - self._mark > 1:
+            self.follow = not self.follow
+        self._mark = downloads
+        if not self.follow:
+            await self.close()
+
+    async def open(self) -> None:
+        """Subscribe (the broker then sends its retained model) unless subscribed already."""
+        if not self.subscribed:
+            self.subscribed = True
+            await self.client.subscribe(self.topic, qos=1)
+
+    async def close(self) -> None:
+        """Stop receiving models until the next ``open``."""
+        if self.subscribed:
+            self.subscribed = False
+            await self.client.unsubscribe(self.topic)

@@ -1,0 +1,156 @@
+"""Pull on ready against a real broker: the agent downloads a model when it is ready to train,
+not every version published while it trains (issue 12, item 4)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import agent_helpers as h
+import pytest
+
+from edge_agent.agent import Agent
+from edge_agent.pull import ModelPull
+from fedmq.topics import Topics
+from fedmq.wire import Update
+
+pytestmark = pytest.mark.broker
+
+
+async def _updates(observer, topics: Topics, n: int) -> list[Update]:
+    return [
+        Update.decode(bytes((await h.next_message(observer, topics.updates_filter)).payload))
+        for _ in range(n)
+    ]
+
+
+async def test_versions_published_during_a_run_are_not_downloaded(broker, fleet, tmp_path):
+    topics = Topics(fleet)
+    status = topics.device_status("pi-1")
+    async with h.client(broker.url, topics.updates_filter, status) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+        stop = asyncio.Event()
+        agent = h.agent(broker.url, fleet, tmp_path, compute_delay=0.5)
+        task = asyncio.create_task(agent.run(stop))
+        # "training" is published after the UNSUBACK: nothing below reaches the agent.
+        await h.status_until(observer, status, "training")
+        for version in range(1, 6):
+            await observer.publish(topics.model_global, h.model(version), qos=1, retain=True)
+        first, second = await _updates(observer, topics, 2)
+        stop.set()
+        await task
+    # The retained v5 (published while it was unsubscribed) is what the next run pulls.
+    assert (first.base_version, second.base_version) == (0, 5)
+    assert agent.stats.model_downloads == 2
+    assert agent.stats.models_received == 2
+
+
+async def test_the_retained_copy_of_the_model_just_trained_on_is_not_a_second_run(
+    broker, fleet, tmp_path
+):
+    topics = Topics(fleet)
+    status = topics.device_status("pi-1")
+    async with h.client(broker.url, topics.updates_filter, status) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+        stop = asyncio.Event()
+        agent = h.agent(broker.url, fleet, tmp_path)
+        task = asyncio.create_task(agent.run(stop))
+        (first,) = await _updates(observer, topics, 1)
+        await h.status_until(observer, status, "idle")
+        # Retained, as the aggregator publishes: whether it reaches the broker before or
+        # after the agent's new SUBSCRIBE, the agent gets it and must not wait forever.
+        await observer.publish(topics.model_global, h.model(1), qos=1, retain=True)
+        (second,) = await _updates(observer, topics, 1)
+        stop.set()
+        await task
+    assert (first.base_version, second.base_version) == (0, 1)
+    assert second.seq == first.seq + 1
+    # v0, at most its retained copy again on resubscribe, then v1; never a run on v0 twice.
+    assert 2 <= agent.stats.model_downloads <= 3
+    assert agent.stats.updates_sent == 2
+
+
+class _PublishBeforeUnsubscribe(ModelPull):
+    """A model published while this session's UNSUBSCRIBE is in flight: the broker handles
+    the PUBLISH first, so it still delivers that model to this subscription."""
+
+    late: bytes = b""
+    subscribes = 0
+
+    async def open(self) -> None:
+        if not self.subscribed:
+            type(self).subscribes += 1
+        await super().open()
+
+    async def close(self) -> None:
+        if self.subscribed and self.late:
+            await self.client.publish(self.topic, self.late, qos=1, retain=True)
+            type(self).late = b""
+        await super().close()
+
+
+class _RacingAgent(Agent):
+    pull = _PublishBeforeUnsubscribe
+
+
+async def test_a_model_arriving_while_unsubscribing_is_trained_on_next_without_a_subscribe(
+    mosquitto, fleet, tmp_path
+):
+    topics = Topics(fleet)
+    _PublishBeforeUnsubscribe.late, _PublishBeforeUnsubscribe.subscribes = h.model(7), 0
+    async with h.client(mosquitto.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+        stop = asyncio.Event()
+        cfg = h.agent(mosquitto.url, fleet, tmp_path, compute_delay=0.5).cfg
+        agent = _RacingAgent(cfg, h.data())
+        task = asyncio.create_task(agent.run(stop))
+        first, second = await _updates(observer, topics, 2)
+        subscribes = _PublishBeforeUnsubscribe.subscribes
+        stop.set()
+        await task
+    assert (first.base_version, second.base_version) == (0, 7)
+    assert subscribes == 1  # v7 was already held: the second run needed no SUBSCRIBE
+    assert agent.stats.model_downloads == 2
+
+
+async def test_a_reconnected_agent_subscribes_again_and_gets_the_retained_model(
+    new_broker, fleet, tmp_path
+):
+    topics = Topics(fleet)
+    b = new_broker("mosquitto").start()
+    async with h.client(b.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+        stop = asyncio.Event()
+        agent = h.agent(b.url, fleet, tmp_path, backoff_base=0.05)
+        task = asyncio.create_task(agent.run(stop))
+        await _updates(observer, topics, 1)
+    b.restart()
+    async with h.client(b.url, topics.updates_filter) as observer:
+        # Published while the agent is away or reconnecting: the retained copy reaches it.
+        await observer.publish(topics.model_global, h.model(3), qos=1, retain=True)
+        (after,) = await _updates(observer, topics, 1)
+        stop.set()
+        await task
+    assert after.base_version == 3
+    assert agent.stats.connects >= 2
+
+
+async def test_a_cycle_of_more_than_one_download_flips_between_pull_and_follow(
+    mosquitto, fleet, tmp_path
+):
+    topic = Topics(fleet).model_global
+    async with h.client(mosquitto.url) as c:
+        pull = ModelPull(c, topic, downloads=0)
+        await pull.open()
+        await pull.start_run(1)  # one download for the run: keep pulling
+        assert (pull.follow, pull.subscribed) == (False, False)
+        await pull.open()
+        await pull.start_run(3)  # the retained copy was the model just trained on
+        assert (pull.follow, pull.subscribed) == (True, True)
+        await pull.start_run(4)  # one version per run: following costs nothing extra
+        assert (pull.follow, pull.subscribed) == (True, True)
+        await pull.start_run(7)  # three versions during one run: pulling would take one
+        assert (pull.follow, pull.subscribed) == (False, False)
+        await pull.open()
+        # Subscribed once more, the broker answers with its retained model at once.
+        await c.publish(topic, h.model(2), qos=1, retain=True)
+        assert (await h.next_message(c, topic)).payload == h.model(2)
