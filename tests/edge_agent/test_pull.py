@@ -83,7 +83,9 @@ class _PublishBeforeUnsubscribe(ModelPull):
 
     async def close(self) -> None:
         if self.subscribed and self.late:
-            await self.client.publish(self.topic, self.late, qos=1, retain=True)
+            # The subscription is the model's filter (model/global/#, for its chunks).
+            model_topic = self.topic.removesuffix("/#")
+            await self.client.publish(model_topic, self.late, qos=1, retain=True)
             type(self).late = b""
         await super().close()
 
