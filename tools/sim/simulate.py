@@ -34,12 +34,12 @@ from aggregator.config import StrategyConfig
 from aggregator.deadline import Deadline
 from aggregator.intake import Intake
 from aggregator.strategies import Strategy, make_strategy
+from fedmq.encodings import parse_encoding
 from fedmq.errors import ConfigError
 from fedmq.feedback import ErrorFeedback
 from fedmq.model import Weights, accuracy, init_weights, loss
 from fedmq.topics import Topics
 from fedmq.training import Hyper, train_local
-from fedmq.wire import ENCODINGS
 from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
@@ -72,8 +72,8 @@ class SimConfig:
     malicious: float = 0.0  # fraction of devices, chosen by seed, that send attacks
     attack: str = "signflip"
     defence: bool = StrategyConfig.defence  # wrap it in its defences (strategies.robust)
-    encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8
-    error_feedback: bool = True  # each device carries its rounding error (fedmq.feedback)
+    encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8 | topk:F
+    error_feedback: bool = True  # each device carries what its encoding lost (fedmq.feedback)
 
     def __post_init__(self) -> None:
         if self.devices < 1:
@@ -88,8 +88,7 @@ class SimConfig:
             raise ConfigError(
                 "bad_attack", f"unknown attack {self.attack!r}: use one of {', '.join(ATTACKS)}"
             )
-        if self.encoding not in ENCODINGS:
-            raise ConfigError("bad_encoding", f"--encoding must be one of {', '.join(ENCODINGS)}")
+        parse_encoding(self.encoding, "--encoding")
 
 
 @dataclass
