@@ -125,6 +125,7 @@ class SimResult:
     malicious_devices: int = 0
     malicious_applied: int = 0
     malicious_rejected: Counter = field(default_factory=Counter)
+    bytes_in: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         cfg, task = self.config, self.task
@@ -148,6 +149,7 @@ class SimResult:
             "updates_applied": self.updates_applied,
             "updates_rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "bytes_in": self.bytes_in,  # every update payload received, as encoded
         }
         with _poison_tolerant(cfg):
             test_loss = loss(task.arch, self.weights, task.test.x, task.test.y)
@@ -347,9 +349,6 @@ class _Simulation:
             return False
         return not any(d.busy for d in self.devices)
 
-    def _flush(self) -> bool:
-        return self.intake.flush().new_version
-
     def run(self) -> SimResult:
         with _poison_tolerant(self.cfg):
             return self._run()
@@ -368,7 +367,7 @@ class _Simulation:
                 self._finish(self.devices[index], *payload)
             elif kind == "deadline" and self.deadline.expired(self.now):
                 # A round nobody finished in time is simply started again.
-                if self.deadline.fire(self.now, self._flush):
+                if self.deadline.fire(self.now, lambda: self.intake.flush().new_version):
                     self._new_version()
                 else:
                     self._start_round()
@@ -390,6 +389,7 @@ class _Simulation:
             malicious_devices=sum(d.malicious for d in self.devices),
             malicious_applied=self.malicious_applied,
             malicious_rejected=self.malicious_rejected,
+            bytes_in=self.intake.counters.bytes_in,
         )
 
 
