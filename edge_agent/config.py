@@ -36,7 +36,10 @@ class AgentConfig:
     label: str = setting("label", help="Label column of a CSV data file.")
     task: str = setting("classification", help="What the model learns.", choices=TASKS)
     encoding: str = setting(
-        "f32", help=f"Encoding of the updates sent: {ENCODING_USAGE}.", check=parse_encoding
+        "f32",
+        help=f"Encoding of the updates sent: {ENCODING_USAGE}. A trimmed mean on the "
+        "aggregator (trim > 0) cuts most of what topk sends (benchmarks/RESULTS.md, wire).",
+        check=parse_encoding,
     )
     error_feedback: bool = setting(
         True, help="Carry what f16/q8/topk lose into the next update instead of losing it."
