@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import re
 import struct
 import sys
 from collections.abc import Callable
@@ -23,6 +21,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from benchmarks.vector_json import dump, to_json
 from fedmq.model import Arch
 from fedmq.preprocess import Standardizer
 from fedmq.schema import Schema
@@ -96,6 +95,10 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
     "update_q8_float64_scales": (
         "a q8 update whose scales are not float32 values; int8 -128 included",
         _update_q8_float64_scales,
+    ),
+    "update_topk": (
+        "a topk:0.25 update: float16 values and uint16 indices; one all-zero tensor",
+        lambda: _update("topk:0.25"),
     ),
     "global_model": ("an MLP global model, hyper with noise", _model),
     "global_model_rollback": (
@@ -284,7 +287,7 @@ def _invalid() -> dict[str, tuple[str, str, str, bytes]]:
         ("digest_other_arch", "same weights, the arch says tanh", "global_model", "bad_digest",
          _pack({**mb, "arch": tanh})),
     ]  # fmt: skip
-    cases += _invalid_schema(m)
+    cases += _invalid_schema(m) + _invalid_topk()
     return {name: (desc, kind, reason, data) for name, desc, kind, reason, data in cases}
 
 
@@ -304,28 +307,38 @@ def _invalid_schema(m: GlobalModel) -> list[tuple[str, str, str, str, Any]]:
     ]  # fmt: skip
 
 
+def _invalid_topk() -> list[tuple[str, str, str, str, Any]]:
+    """Defects of a topk update's sparse tensors (docs/wire.md 3.1)."""
+    t = _update("topk:0.25")
+    tb, idx = _body(t), dict(t.indices)
+
+    def indices(**changes: Any) -> bytes:
+        return _pack({**tb, "indices": {**idx, **changes}})
+
+    return [
+        ("topk_unsorted", "the w0 indices in decreasing order", "update", "bad_value",
+         indices(w0=idx["w0"][::-1].copy())),
+        ("topk_repeated", "an index of w0 twice", "update", "bad_value",
+         indices(w0=np.array([1, 1, 2], np.uint16))),
+        ("topk_index_range", "index 12 in the 12 elements of w0", "update", "bad_value",
+         indices(w0=np.array([0, 5, 12], np.uint16))),
+        ("topk_uint32", "uint32 indices for w0, which has at most 2^16 elements",
+         "update", "bad_dtype", indices(w0=idx["w0"].astype(np.uint32))),
+        ("topk_count", "one index more than b0 has values", "update", "bad_shape",
+         indices(b0=np.array([0, 3], np.uint16))),
+        ("topk_too_many", "13 coordinates of the 12 of w0", "update", "bad_shape",
+         _pack({**tb, "delta": {**t.delta, "w0": np.zeros(13, np.float16)},
+                "indices": {**idx, "w0": np.arange(13, dtype=np.uint16)}})),
+        ("topk_no_indices", "a topk update without indices", "update", "bad_value",
+         _pack(_body(t, indices=_DROP))),
+        ("topk_nan", "a NaN among the w1 values", "update", "non_finite",
+         _pack({**tb, "delta": {**t.delta, "w1": np.array([np.nan, 1], np.float16)}})),
+        ("indices_in_f32", "indices in an f32 update", "update", "bad_value",
+         _pack({**_body(_update("f32")), "indices": idx})),
+    ]  # fmt: skip
+
+
 # -- expected JSON -------------------------------------------------------------------
-
-
-def to_json(value: Any) -> Any:
-    """A decoded value as JSON: tensors become ``{"dtype", "shape", "values"}``.
-
-    ``values`` lists the elements in C order; each float is the exact value of its
-    float32 or float16 element (JSON numbers parse back to it without loss).
-    """
-    if isinstance(value, Message):
-        return to_json({"v": 1, "kind": value.KIND, **value.to_map()})
-    if isinstance(value, np.ndarray):
-        return {
-            "dtype": value.dtype.name,
-            "shape": list(value.shape),
-            "values": [x.item() for x in value.reshape(-1)],
-        }
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    return value
 
 
 def expected(msg: Message, description: str) -> dict[str, Any]:
@@ -345,22 +358,15 @@ def build() -> dict[str, bytes]:
     for name, (description, make) in VALID.items():
         msg = make()
         files[f"{name}.bin"] = msg.encode()
-        files[f"{name}.json"] = _dump(expected(msg, description))
+        files[f"{name}.json"] = dump(expected(msg, description))
     for name, (description, kind, reason, data) in _invalid().items():
         spec: dict[str, Any] = {"description": description, "decode_as": kind, "valid": False}
         if kind == "update":
             spec["receiver_arch"] = ARCH.to_dict()
         spec["reason"] = reason
         files[f"invalid_{name}.bin"] = bytes(data)
-        files[f"invalid_{name}.json"] = _dump(spec)
+        files[f"invalid_{name}.json"] = dump(spec)
     return files
-
-
-def _dump(obj: Any) -> bytes:
-    text = json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False)
-    # One line per list of numbers: the files stay short enough to read.
-    text = re.sub(r"\[\s+([-0-9.e+,\s]*?)\s+\]", lambda m: f"[{' '.join(m[1].split())}]", text)
-    return (text + "\n").encode()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,12 +20,13 @@ from fedmq.config import (
     keepalive_setting,
     max_payload_setting,
 )
+from fedmq.encodings import USAGE as ENCODING_USAGE
+from fedmq.encodings import parse_encoding
 from fedmq.errors import ConfigError
 from fedmq.logs import LogSettings
 from fedmq.settings import Resolved, Schema, check_choices, setting
 from fedmq.topics import validate_device_id, validate_fleet
 
-ENCODINGS = ("f32", "f16", "q8")
 TASKS = ("classification", "regression")
 
 
@@ -42,9 +43,14 @@ class AgentConfig:
     )
     label: str = setting("label", help="Label column of a CSV data file.")
     task: str = setting("classification", help="What the model learns.", choices=TASKS)
-    encoding: str = setting("f32", help="Encoding of the updates sent.", choices=ENCODINGS)
+    encoding: str = setting(
+        "f32",
+        help=f"Encoding of the updates sent: {ENCODING_USAGE}. A trimmed mean on the "
+        "aggregator (trim > 0) cuts most of what topk sends (benchmarks/RESULTS.md, wire).",
+        check=parse_encoding,
+    )
     error_feedback: bool = setting(
-        True, help="Carry f16/q8 rounding error into the next update instead of losing it."
+        True, help="Carry what f16/q8/topk lose into the next update instead of losing it."
     )
     keepalive: int = keepalive_setting()
     timeout: float = setting(10.0, help="Seconds an MQTT operation may take before it fails.")

@@ -1,12 +1,13 @@
 """Error feedback for lossy update encodings (Seide et al. 2014; Karimireddy et al. 2019).
 
-A device that sends its delta as f16 or q8 loses the rounding error. Kept as a residual
-and added to the next delta before it is encoded, that error is sent later instead of
-lost, so it does not accumulate over rounds: what the aggregator has received in total
-stays within one quantisation step of what the device meant to send.
+A device that sends its delta as f16 or q8 loses the rounding error; with topk:F it
+also drops every coordinate outside the top F fraction. Kept as a residual and added to
+the next delta before it is encoded, that loss is sent later instead of lost, so it does
+not accumulate over rounds: what the aggregator has received in total stays within one
+update's loss of what the device meant to send (Stich et al. 2018 for top-k).
 
 Memory is one float32 copy of the model per device; it is held in memory only (a
-restarted device starts with no residual, which costs one round's rounding error).
+restarted device starts with no residual, which costs one round's loss).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fedmq.wire import Update
 
 
 class ErrorFeedback:
-    """Encodes deltas as updates, carrying each encoding's error into the next one."""
+    """Encodes deltas as updates, carrying each encoding's loss into the next one."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled

@@ -15,7 +15,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +52,7 @@ class Setting:
     required: bool = False
     applies: tuple[str, ...] = ()  # strategies this one applies to (empty: all)
     requires: str | None = None  # a boolean setting that must be on for this one to matter
+    check: Callable[[Any, str], object] | None = None  # refuses a bad value with ConfigError
 
     @property
     def env(self) -> str:
@@ -108,6 +109,8 @@ class Setting:
                 "bad_setting",
                 f"{where} must be one of {', '.join(map(str, self.choices))}, got {value!r}",
             )
+        if self.check is not None and value is not None:
+            self.check(value, where)
         return value
 
     def _bad(self, where: str, value: Any) -> ConfigError:
@@ -132,11 +135,13 @@ def setting(
     applies: tuple[str, ...] = (),
     requires: str | None = None,
     required: bool = False,
+    check: Callable[[Any, str], object] | None = None,
 ) -> Any:
     """Declare a dataclass field as a setting; without a ``default`` it is ``required``.
 
     ``required`` with a default (``None``) lets code build the dataclass without the
-    setting while a user running the service must still give it.
+    setting while a user running the service must still give it. ``check(value, where)``
+    refuses a value that ``choices`` cannot list (``topk:F``) with one ConfigError line.
     """
     meta = {
         "required": required or default is dataclasses.MISSING,
@@ -146,6 +151,7 @@ def setting(
         "choices": choices,
         "applies": applies,
         "requires": requires,
+        "check": check,
     }
     return dataclasses.field(default=default, repr=not secret, metadata={_META: meta})
 

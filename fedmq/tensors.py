@@ -31,6 +31,8 @@ DTYPES: dict[int, np.dtype] = {
     3: np.dtype("i1"),
     4: np.dtype("u1"),
     5: np.dtype("<i4"),
+    6: np.dtype("<u2"),  # topk indices (docs/wire.md 3.1)
+    7: np.dtype("<u4"),
 }
 _CODES = {dt.newbyteorder("="): code for code, dt in DTYPES.items()}
 DIGEST_PREFIX = b"fedmq-digest-v1\0"

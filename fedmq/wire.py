@@ -3,8 +3,9 @@
 A payload is one msgpack map with ``"v": 1`` and a ``"kind"``; tensors are msgpack ext
 type 1. The byte-level specification is ``docs/wire.md``; its only implementation is
 this module (the messages), ``fedmq.envelope`` (what every message shares),
-``fedmq.fields`` (parsing and the per-field checks) and ``fedmq.tensors`` (tensor
-bytes, q8, the model digest).
+``fedmq.fields`` (parsing and the per-field checks), ``fedmq.encodings`` (how an
+update's delta is encoded: f32, f16, q8, topk) and ``fedmq.tensors`` (tensor bytes,
+q8, the model digest).
 
 Decoding is defensive because the bytes come from the network: the size limit is
 checked before parsing, msgpack's own length limits stop size bombs, duplicate keys
@@ -21,8 +22,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fedmq import encodings
 from fedmq.envelope import MAX_BYTES, VERSION, Message, unpack
-from fedmq.errors import WireError
+from fedmq.errors import ConfigError, WireError
 from fedmq.featurestats import FeatureStats
 from fedmq.fields import (
     Check,
@@ -45,14 +47,7 @@ from fedmq.fields import (
 from fedmq.history import HistorySummary
 from fedmq.model import Arch
 from fedmq.preprocess import Standardizer
-from fedmq.tensors import (
-    Tensors,
-    check_q8_scale,
-    dequantize_q8,
-    model_digest,
-    quantize_q8,
-    weights_digest,
-)
+from fedmq.tensors import Tensors, model_digest, weights_digest
 from fedmq.tensors import (
     encode_tensor as encode_tensor,  # re-exported: tests and tools encode with it
 )
@@ -79,7 +74,6 @@ __all__ = [
 RUN_HEX = 16
 MAX_STATUS_MESSAGE = 256
 
-ENCODINGS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "q8": np.dtype("i1")}
 DEVICE_STATES = ("online", "training", "idle", "offline", "error")
 AGGREGATOR_STATES = ("starting", "serving", "stopping", "offline")
 
@@ -93,8 +87,10 @@ def new_run() -> str:
 class Update(Message):
     """A device's delta (local − base) trained from global version ``base_version``.
 
-    ``delta`` holds the tensors as sent (float32, float16, or int8 with one float32
-    scale per tensor in ``scales`` for ``q8``); ``dense_delta()`` gives float32.
+    ``delta`` holds the tensors as sent in ``encoding`` (``fedmq.encodings``: float32,
+    float16, int8 with one scale per tensor in ``scales``, or topk's float16 values with
+    their ``indices``); ``dense_delta()`` gives float32 arrays of the model's shapes.
+    ``shapes`` is not sent: it is what the delta was encoded from or checked against.
     """
 
     device: str
@@ -108,6 +104,8 @@ class Update(Message):
     metrics: dict[str, float] = field(default_factory=dict)
     sent_at: float = 0.0
     scales: dict[str, float] = field(default_factory=dict)
+    indices: Tensors = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] | None = field(default=None, repr=False, compare=False)
 
     KIND: ClassVar[str] = "update"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -117,59 +115,44 @@ class Update(Message):
         "num_samples": as_int(1, 2**31 - 1),
         "steps": as_int(0, 2**31 - 1),
         "loss": optional(as_float()),
-        "encoding": as_str(tuple(ENCODINGS)),
+        "encoding": as_str(encodings.WIRE_NAMES),
         "delta": as_tensors,
         "metrics": as_map(as_float(), max_items=64),
         "sent_at": as_time,
         "scales": as_map(as_float(lo=0.0)),
+        "indices": as_tensors,
     }
+    OPTIONAL: ClassVar[Mapping[str, Any]] = {"indices": {}}
 
     @classmethod
     def from_delta(cls, delta: Mapping[str, np.ndarray], *, encoding: str = "f32", **fields: Any):
-        """Encode a float delta as ``encoding`` (q8: symmetric per-tensor int8)."""
-        if encoding not in ENCODINGS:
-            raise WireError("bad_value", f"encoding must be one of {tuple(ENCODINGS)}")
-        tensors: Tensors = {}
-        scales: dict[str, float] = {}
-        for name, arr in delta.items():
-            arr = np.asarray(arr, dtype=np.float32)
-            if not np.isfinite(arr).all():
-                raise WireError("non_finite", f"delta {name} holds NaN or infinity")
-            if encoding == "q8":
-                tensors[name], scales[name] = quantize_q8(arr)
-            else:
-                tensors[name] = arr.astype(ENCODINGS[encoding])
-                if not np.isfinite(tensors[name]).all():
-                    raise WireError("non_finite", f"delta {name} overflows {encoding}")
-        return cls(encoding=encoding, delta=tensors, scales=scales, **fields)
+        """Encode a float delta as ``encoding``: f32, f16, q8 or topk:F (fedmq.encodings)."""
+        try:
+            how = encodings.parse_encoding(encoding)
+        except ConfigError as exc:
+            raise WireError("bad_value", exc.message) from exc
+        tensors, scales, indices = encodings.encode(delta, how)
+        shapes = {name: np.shape(arr) for name, arr in delta.items()}
+        return cls(
+            encoding=how.name,
+            delta=tensors,
+            scales=scales,
+            indices=indices,
+            shapes=shapes,
+            **fields,
+        )
 
     def dense_delta(self) -> Tensors:
         """The delta as float32 arrays (q8: float32(q) x float32(scale), docs/wire.md 3.1)."""
-        if self.encoding == "q8":
-            return {n: dequantize_q8(a, self.scales[n]) for n, a in self.delta.items()}
-        # No copy for f32: the arrays stay read-only views of the payload (decode_tensor).
-        return {n: a.astype(np.float32, copy=False) for n, a in self.delta.items()}
+        return encodings.dense(self.encoding, self.delta, self.scales, self.indices, self.shapes)
 
     @classmethod
     def _build(
         cls, values: dict[str, Any], shapes: Mapping[str, tuple[int, ...]] | None = None
     ) -> Update:
-        update = cls(**values)
-        want = ENCODINGS[update.encoding]
-        for name, arr in update.delta.items():
-            if arr.dtype != want:
-                raise WireError(
-                    "bad_dtype",
-                    f"delta {name} is {arr.dtype}, encoding {update.encoding} needs {want}",
-                )
-        if update.encoding == "q8":
-            if set(update.scales) != set(update.delta):
-                raise WireError("bad_value", "q8 needs exactly one scale per delta tensor")
-            for name, scale in update.scales.items():
-                check_q8_scale(scale, f"scales.{name}")
-        elif update.scales:
-            raise WireError("bad_value", f"encoding {update.encoding} carries no scales")
-        if shapes is not None:
+        update = cls(**values, shapes=None if shapes is None else dict(shapes))
+        encodings.check(update.encoding, update.delta, update.scales, update.indices, shapes)
+        if shapes is not None and update.encoding != "topk":  # topk checks its own
             check_against(update.delta, shapes, "delta")
         check_finite(update.delta, "delta")
         return update

@@ -158,6 +158,10 @@ def fleet(request: pytest.FixtureRequest) -> str:
     return f"{name}-{suffix}"
 
 
+# Valid values of settings whose ``check`` (not a list of choices) says what they may be.
+CHECKED_SAMPLES = {"encoding": "topk:0.25"}
+
+
 @pytest.fixture
 def sample_value() -> Callable[[Any], Any]:
     """``sample_value(setting)``: a valid value of a declared setting, not its default."""
@@ -165,6 +169,8 @@ def sample_value() -> Callable[[Any], Any]:
     def sample(s: Any) -> Any:
         if s.choices:
             return next(c for c in s.choices if c != s.default)
+        if s.name in CHECKED_SAMPLES:
+            return CHECKED_SAMPLES[s.name]
         if s.type is bool:
             return not s.default
         if s.type in (int, float):

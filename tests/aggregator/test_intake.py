@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -85,6 +86,24 @@ def test_a_new_intake_resumes_from_the_ledger(tmp_path):
         np.testing.assert_array_equal(value, again.strategy.weights[name])
     assert again.handle(TOPICS.update("a"), _update("a", 4, base=5)).reason == "duplicate_seq"
     assert again.counters.accepted == 5
+
+
+def test_topk_updates_apply_sparse_and_a_bad_index_is_a_counted_rejection(tmp_path):
+    # FedBuff adds the mean delta, so a coordinate nobody sent stays bit for bit the same.
+    live = _intake("fedbuff", Ledger(tmp_path / "ledger.sqlite", checkpoint_every=10), k=1)
+    start = {k: v.copy() for k, v in live.strategy.weights.items()}
+    sent = Update.decode(_update("a", 0, encoding="topk:0.25"), shapes=ARCH.param_shapes())
+    bad = {**sent.indices, "w0": np.array([*sent.indices["w0"][:-1], 32], np.uint16)}  # 4x8
+    outcome = live.handle(TOPICS.update("a"), dataclasses.replace(sent, indices=bad).encode())
+    assert outcome.reason == "bad_value" and live.counters.rejected == {"bad_value": 1}
+    assert live.handle(TOPICS.update("a"), sent.encode()).applied
+    for name, value in live.strategy.weights.items():  # moved exactly where a value was sent
+        moved = np.flatnonzero(value.reshape(-1) != start[name].reshape(-1))
+        np.testing.assert_array_equal(moved, sent.indices[name])
+    again = _intake("fedbuff", Ledger(tmp_path / "ledger.sqlite", checkpoint_every=10), k=1)
+    assert again.strategy.version == live.strategy.version == 1
+    for name, value in live.strategy.weights.items():  # the ledger replays topk too
+        np.testing.assert_array_equal(value, again.strategy.weights[name])
 
 
 @settings(max_examples=200, deadline=None)

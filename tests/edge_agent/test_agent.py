@@ -43,6 +43,27 @@ async def test_agent_trains_on_the_retained_model_and_sends_its_delta(mosquitto,
     assert (idle.last_seq, idle.model_version, idle.samples) == (0, 3, 60)
 
 
+async def test_a_topk_agent_sends_indices_and_values_and_keeps_the_rest(mosquitto, fleet, tmp_path):
+    topics = Topics(fleet)
+    async with h.client(mosquitto.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, h.model(3), qos=1, retain=True)
+        stop = asyncio.Event()
+        agent = h.agent(mosquitto.url, fleet, tmp_path, encoding="topk:0.25")
+        task = asyncio.create_task(agent.run(stop))
+        message = await h.next_message(observer, topics.updates_filter)
+        stop.set()
+        await task
+    update = Update.decode(bytes(message.payload), shapes=h.ARCH.param_shapes())
+    assert update.encoding == "topk"
+    for name, shape in h.ARCH.param_shapes().items():
+        n = int(np.prod(shape))
+        assert update.indices[name].dtype == np.uint16 and len(update.indices[name]) == -(-n // 4)
+        # What was not sent waits in the residual for the next update (error feedback).
+        kept = agent.feedback.residual[name].reshape(-1)[update.indices[name]]
+        assert not kept.any() or np.abs(kept).max() < 1e-3
+    assert any(np.abs(r).max() > 0 for r in agent.feedback.residual.values())
+
+
 async def test_a_restarted_agent_continues_its_seq(mosquitto, fleet, tmp_path):
     topics = Topics(fleet)
     seqs = []

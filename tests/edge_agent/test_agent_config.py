@@ -74,6 +74,11 @@ def _minimal(args: list[str], tmp_path: Path, **env: str) -> subprocess.Complete
         ("", {}, ["--keepalive", "abc"], "--keepalive must be an integer"),
         ("", {}, ["--password", "x"], "--password is not accepted"),
         ("", {}, ["--nope"], "unrecognized arguments: --nope"),
+        ("", {}, ["--encoding", "topk:0"], "--encoding: topk:F needs a number F with 0 < F <= 1"),
+        ("", {}, ["--encoding", "topk:2"], "got 'topk:2'"),
+        ("", {}, ["--encoding", "topk:x"], "got 'topk:x'"),
+        ("", {"FEDMQ_ENCODING": "f8"}, [], "$FEDMQ_ENCODING must be f32, f16, q8 or topk:F"),
+        ("[agent]\nencoding = 'topk:1.5'\n", {}, [], "encoding in [agent] of a.toml: topk:F"),
     ],
 )
 def test_the_minimal_entry_reports_mistakes_in_one_line(tmp_path, toml, env, args, needle):

@@ -20,6 +20,8 @@ CONTRACT |= {"fedmq.wire", "fedmq.envelope", "fedmq.fields", "fedmq.tensors", "f
 # schema (docs/wire.md 3.2), and the wire carries feature statistics and the
 # standardization (both NumPy only).
 CONTRACT |= {"fedmq.history", "fedmq.schema", "fedmq.featurestats", "fedmq.preprocess"}
+# How an update's delta is encoded (f32, f16, q8, topk) is the wire's, in its own module.
+CONTRACT |= {"fedmq.encodings"}
 
 
 def test_import_fedmq_loads_only_the_contract():

@@ -40,7 +40,7 @@ def demo_command(
     ),
     budget: float = typer.Option(60.0, help="Stop after this many wall-clock seconds."),
     round_deadline: float = typer.Option(5.0, help="FedAvg: seconds before a round closes."),
-    encoding: str = typer.Option("f32", help="Update encoding: f32, f16 or q8."),
+    encoding: str = typer.Option("f32", help="Update encoding: f32, f16, q8 or topk:F."),
     seed: int = typer.Option(0, help="Seed for data split, delays, init and training."),
     out_dir: Path = typer.Option(Path("runs/demo"), help="ONNX model, history and agent state."),
     malicious: float = typer.Option(

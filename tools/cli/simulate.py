@@ -79,10 +79,10 @@ def simulate_command(
         "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y).",
     ),
     encoding: str = typer.Option(
-        "f32", help="How devices put their deltas on the wire: f32 | f16 | q8."
+        "f32", help="How devices put their deltas on the wire: f32 | f16 | q8 | topk:F."
     ),
     error_feedback: bool = typer.Option(
-        True, help="Devices carry f16/q8 rounding error into their next update."
+        True, help="Devices carry what f16/q8/topk lose into their next update."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     settings: Any = None,

@@ -67,4 +67,4 @@ def attack_update(
 def poison_nan(update: Update) -> Update:
     """``update`` with a float32 delta full of NaN, as an attacker puts it on the wire."""
     nan = {k: np.full(v.shape, np.nan, np.float32) for k, v in update.delta.items()}
-    return dataclasses.replace(update, encoding="f32", delta=nan, scales={})
+    return dataclasses.replace(update, encoding="f32", delta=nan, scales={}, indices={})

@@ -26,6 +26,7 @@ from edge_agent.config import AgentConfig
 from fedmq.aio import TaskGroup, wait_event
 from fedmq.config import BrokerConfig
 from fedmq.data import Dataset
+from fedmq.encodings import parse_encoding
 from fedmq.errors import BrokerError, ConfigError
 from fedmq.model import Weights, init_weights
 from fedmq.training import Hyper, TrainStats
@@ -69,6 +70,7 @@ class DemoConfig:
             raise ConfigError("bad_attack", f"--attack must be one of {', '.join(ATTACKS)}")
         if not self.budget > 0:
             raise ConfigError("bad_budget", "--budget must be a positive number of seconds")
+        parse_encoding(self.encoding, "--encoding")
 
     @property
     def goal(self) -> float:

@@ -40,6 +40,7 @@ class SimResult:
     # ε and each device's (None and empty without noise).
     epsilon: float | None = None
     device_epsilons: dict[str, float] = field(default_factory=dict)
+    bytes_in: int = 0  # every update payload received, as encoded
 
     def to_dict(self) -> dict[str, Any]:
         cfg, task = self.config, self.task
@@ -63,6 +64,7 @@ class SimResult:
             "updates_applied": self.updates_applied,
             "updates_rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(sorted(self.rejected.items())),
+            "bytes_in": self.bytes_in,
         }
         with poison_tolerant(cfg):
             test_loss = loss(task.arch, self.weights, task.test.x, task.test.y)

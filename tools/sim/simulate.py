@@ -33,12 +33,12 @@ from aggregator.config import AggregatorConfig, StrategyConfig
 from aggregator.deadline import Deadline
 from aggregator.intake import Intake
 from aggregator.strategies import Strategy, make_strategy
+from fedmq.encodings import parse_encoding
 from fedmq.errors import ConfigError
 from fedmq.feedback import ErrorFeedback
 from fedmq.model import Weights, accuracy, init_weights, loss
 from fedmq.topics import Topics
 from fedmq.training import train_local
-from fedmq.wire import ENCODINGS
 from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
@@ -72,8 +72,8 @@ class SimConfig:
     malicious: float = 0.0  # fraction of devices, chosen by seed, that send attacks
     attack: str = "signflip"
     defence: bool = StrategyConfig.defence  # wrap it in its defences (strategies.robust)
-    encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8
-    error_feedback: bool = True  # each device carries its rounding error (fedmq.feedback)
+    encoding: str = "f32"  # how devices put their deltas on the wire: f32 | f16 | q8 | topk:F
+    error_feedback: bool = True  # each device carries what its encoding lost (fedmq.feedback)
     dp_delta: float = AggregatorConfig.dp_delta  # ε is for this δ (with hyper dp_noise > 0)
 
     def __post_init__(self) -> None:
@@ -89,8 +89,7 @@ class SimConfig:
             raise ConfigError(
                 "bad_attack", f"unknown attack {self.attack!r}: use one of {', '.join(ATTACKS)}"
             )
-        if self.encoding not in ENCODINGS:
-            raise ConfigError("bad_encoding", f"--encoding must be one of {', '.join(ENCODINGS)}")
+        parse_encoding(self.encoding, "--encoding")
 
 
 @dataclass
@@ -274,9 +273,6 @@ class _Simulation:
             return False
         return not any(d.busy for d in self.devices)
 
-    def _flush(self) -> bool:
-        return self.intake.flush().new_version
-
     def run(self) -> SimResult:
         with poison_tolerant(self.cfg):
             return self._run()
@@ -295,7 +291,7 @@ class _Simulation:
                 self._finish(self.devices[index], *payload)
             elif kind == "deadline" and self.deadline.expired(self.now):
                 # A round nobody finished in time is simply started again.
-                if self.deadline.fire(self.now, self._flush):
+                if self.deadline.fire(self.now, lambda: self.intake.flush().new_version):
                     self._new_version()
                 else:
                     self._start_round()
@@ -322,6 +318,7 @@ class _Simulation:
             device_epsilons={}
             if privacy is None
             else {d.name: e for d in self.devices if (e := privacy.epsilon(d.name)) is not None},
+            bytes_in=self.intake.counters.bytes_in,
         )
 
 

@@ -154,9 +154,13 @@ def test_nan_deltas_are_refused_as_non_finite_with_or_without_defences():
     json.dumps(exposed, allow_nan=False)
 
 
-@pytest.mark.parametrize("encoding", ["f16", "q8"])
+@pytest.mark.parametrize("encoding", ["f16", "q8", "topk:0.1"])
 def test_every_encoding_goes_through_the_codec_and_still_learns(encoding):
     kw = dict(devices=10, strategy="fedbuff", budget=3)
+    if encoding.startswith("topk"):
+        # A coordinate-wise trimmed mean cuts the few devices that sent a coordinate as
+        # outliers among the zeros of the rest (benchmarks/RESULTS.md, wire).
+        kw["strategy_params"] = {"trim": 0.0}
     f32 = simulate(SimConfig(**kw)).to_dict()
     a = simulate(SimConfig(**kw, encoding=encoding)).to_dict()
     b = simulate(SimConfig(**kw, encoding=encoding)).to_dict()
