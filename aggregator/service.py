@@ -42,7 +42,7 @@ from fedmq.identity import client_id
 from fedmq.model import Arch
 from fedmq.topics import Topics
 from fedmq.training import Hyper
-from fedmq.wire import AggregatorStatus, GlobalModel, new_run
+from fedmq.wire import DEVICE_STATES, AggregatorStatus, GlobalModel, new_run
 
 log = logging.getLogger("fedmq.aggregator")
 FAREWELL_TIMEOUT = 5.0  # seconds to publish the offline status on a failure
@@ -346,6 +346,7 @@ class Aggregator:
     def _status(self, state: str, snap: Snapshot | None = None, **why: Any) -> AggregatorStatus:
         s = snap or self.intake.snapshot()
         ev = self.last_eval
+        counts = self.inbox.devices.counts()
         return AggregatorStatus(
             state=state,
             strategy=s.strategy,
@@ -361,6 +362,7 @@ class Aggregator:
             reason=why.get("reason"),
             message=" ".join(str(why.get("message")).split())[:256] if why.get("message") else None,
             epsilon=s.epsilon,
+            devices={state: counts.get(state, 0) for state in DEVICE_STATES},
         )
 
     async def _publish_status(self, client: aiomqtt.Client, state: str) -> None:

@@ -281,6 +281,14 @@ class DeviceStatus(Message):
     OPTIONAL: ClassVar[Mapping[str, Any]] = {"reason": None, "message": None}
 
 
+def _state_counts(value: Any, name: str) -> dict[str, int]:
+    counts = as_map(as_int(0, 2**63 - 1), max_items=len(DEVICE_STATES))(value, name)
+    unknown = sorted(set(counts) - set(DEVICE_STATES))
+    if unknown:
+        raise WireError("bad_value", f"{name} has unknown device states {unknown}")
+    return counts
+
+
 @dataclass
 class AggregatorStatus(Message):
     """The aggregator's retained status; its last will carries ``state="offline"``.
@@ -303,6 +311,7 @@ class AggregatorStatus(Message):
     reason: str | None = None
     message: str | None = None
     epsilon: float | None = None  # fleet's DP ε (the largest device's); absent without DP
+    devices: dict[str, int] | None = None  # devices per state, from their retained statuses
 
     KIND: ClassVar[str] = "aggregator_status"
     FIELDS: ClassVar[dict[str, Check]] = {
@@ -320,12 +329,14 @@ class AggregatorStatus(Message):
         "reason": optional(as_str(max_len=64)),
         "message": optional(as_str(max_len=MAX_STATUS_MESSAGE)),
         "epsilon": optional(as_float(lo=0.0)),
+        "devices": optional(_state_counts),
     }
     OPTIONAL: ClassVar[Mapping[str, Any]] = {
         "run": None,
         "reason": None,
         "message": None,
         "epsilon": None,
+        "devices": None,
     }
 
 

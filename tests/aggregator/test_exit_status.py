@@ -112,3 +112,33 @@ async def test_an_exception_exit_still_publishes_offline(mosquitto, fleet, daemo
     status = await asyncio.wait_for(_status(kwargs, topics, "offline"), 10)
     assert status.reason == "crashed" and "IsADirectoryError" in (status.message or ""), status
     print("CRASH status:", status.state, status.reason, status.message)
+
+
+async def test_the_status_counts_the_devices_in_each_state_error_included(
+    mosquitto, fleet, tmp_path, daemons
+):
+    from tests.tools.ops.test_retained import status
+
+    topics = Topics(fleet)
+    kwargs = BrokerConfig.from_url(mosquitto.url).client_kwargs()
+    async with aiomqtt.Client(**kwargs) as c:
+        for device, state in (("a", "error"), ("b", "idle"), ("c", "error"), ("d", "offline")):
+            reason = "unknown_class" if state == "error" else None
+            payload = status(device, state, reason=reason).encode()
+            await c.publish(topics.device_status(device), payload, qos=1, retain=True)
+    daemons.start(
+        "agg", "aggregator", "--broker", mosquitto.url, "--fleet", fleet, "--model", "mlp:4,8,3",
+        "--out-dir", str(tmp_path / "agg"), "--status-interval", "0.2", "--no-export-onnx",
+    )  # fmt: skip
+
+    async def counted() -> AggregatorStatus:
+        async with aiomqtt.Client(**kwargs) as c:
+            await c.subscribe(topics.aggregator_status, qos=1)
+            async for m in c.messages:
+                s = AggregatorStatus.decode(bytes(m.payload))
+                if s.state == "serving" and s.devices and s.devices["error"] == 2:
+                    return s
+        raise AssertionError("the connection closed")
+
+    got = await asyncio.wait_for(counted(), 60)
+    assert got.devices == {"online": 0, "training": 0, "idle": 1, "offline": 1, "error": 2}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import msgpack
 import numpy as np
@@ -16,6 +17,7 @@ from fedmq.tensors import decode_tensor, dequantize_q8, quantize_q8
 from fedmq.topics import validate_device_id
 from fedmq.training import Hyper
 from fedmq.wire import (
+    DEVICE_STATES,
     MESSAGES,
     AggregatorStatus,
     DeviceLedger,
@@ -135,6 +137,7 @@ aggregator_statuses = st.builds(
     last_loss=st.none() | finite32,
     started_at=times,
     at=times,
+    devices=st.none() | st.dictionaries(st.sampled_from(DEVICE_STATES), small_int),
 )
 ledgers = st.builds(
     DeviceLedger,
@@ -420,3 +423,13 @@ def test_status_reason_and_message_are_checked(field, value):
     with pytest.raises(WireError) as err:
         DeviceStatus.decode(msgpack.packb(body, use_bin_type=True))
     assert err.value.reason in ("bad_value", "bad_type")
+
+
+def test_an_aggregator_status_counts_only_known_device_states():
+    base = AggregatorStatus("serving", "fedbuff", {}, 3, 9, {}, None, None, 1.0, 2.0)
+    ok = dataclasses.replace(base, devices={"idle": 2, "error": 1})
+    assert AggregatorStatus.decode(ok.encode()).devices == {"idle": 2, "error": 1}
+    bad = dataclasses.replace(base, devices={"asleep": 1})
+    with pytest.raises(WireError) as info:
+        AggregatorStatus.decode(bad.encode())
+    assert info.value.reason == "bad_value" and "asleep" in info.value.message
