@@ -160,7 +160,7 @@ class Agent:
             # The model, and its chunks when it is too large for one payload: subscribed
             # only while ready (edge_agent.pull); every session starts by asking for it.
             pull = self.pull(client, self.topics.model_global_filter, self.stats.model_downloads)
-            await pull.open()
+            await pull.open(self.stats.model_downloads)
             self.connected.set()
             log.info("device %s connected to %s", self.cfg.device, self.cfg.broker.url)
             async with TaskGroup() as tg:
@@ -296,7 +296,7 @@ class Agent:
             if model is not None and follows(self._trained, model):
                 await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
                 return model
-            await pull.open()  # the broker answers with its retained model
+            await pull.open(self.stats.model_downloads)  # the broker answers: its retained model
             await wait_any(self._new_model, stop)
         return None
 

@@ -16,13 +16,19 @@ version (issue 12, item 4). The corners, and why each is safe:
 - A new session starts unsubscribed (clean session: the broker forgot the old one).
 
 When versions are rarer than runs (a small fleet whose FedBuff version needs every
-device), that retained copy would be wasted on most runs. So each session flips between
-two modes, by the only cost it can see, the downloads of the last cycle (from one run's
-start to the next): ``pull`` (unsubscribed during runs) and ``follow`` (subscribed
-throughout, as agents were before). A cycle that took more than one download flips the
-mode: in ``pull`` it was a wasted retained copy, in ``follow`` versions that arrived
-during the run and that pulling would have skipped. Either way the next run starts from
-the newest model the agent can know of, so staleness is the same in both.
+device), that retained copy would be wasted on most runs. So each session switches
+between two modes by the waste it can see: ``pull`` (unsubscribed during runs) and
+``follow`` (subscribed throughout, as agents were before).
+
+- In ``pull``, a run that needed more than one download *after its SUBSCRIBE* waited
+  past a retained copy that was not new: the agent switches to ``follow``. Models
+  delivered while an UNSUBSCRIBE was in flight do not count; under load several arrive
+  then, and they say nothing about whether pulling pays.
+- In ``follow``, a cycle (from one run's start to the next) with more than one download
+  received versions that pulling would have skipped: the agent switches to ``pull``.
+
+Either way the next run starts from the newest model the agent can know of, so
+staleness is the same in both.
 """
 
 from __future__ import annotations
@@ -39,20 +45,26 @@ class ModelPull:
         self.client, self.topic = client, topic
         self.subscribed = False
         self.follow = False
-        self._mark = downloads
+        self._mark = downloads  # at the last run's start
+        self._opened_at: int | None = None  # at the SUBSCRIBE, while pulling
 
     async def start_run(self, downloads: int) -> None:
         """A run starts (``downloads`` so far): choose the mode, and unsubscribe to pull."""
-        if downloads - self._mark > 1:
+        if self.follow:
+            wasted = downloads - self._mark > 1
+        else:
+            wasted = self._opened_at is not None and downloads - self._opened_at > 1
+        if wasted:
             self.follow = not self.follow
-        self._mark = downloads
+        self._mark, self._opened_at = downloads, None
         if not self.follow:
             await self.close()
 
-    async def open(self) -> None:
+    async def open(self, downloads: int = 0) -> None:
         """Subscribe (the broker then sends its retained model) unless subscribed already."""
         if not self.subscribed:
             self.subscribed = True
+            self._opened_at = downloads
             await self.client.subscribe(self.topic, qos=1)
 
     async def close(self) -> None:

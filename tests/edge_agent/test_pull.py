@@ -76,10 +76,10 @@ class _PublishBeforeUnsubscribe(ModelPull):
     late: bytes = b""
     subscribes = 0
 
-    async def open(self) -> None:
+    async def open(self, downloads: int = 0) -> None:
         if not self.subscribed:
             type(self).subscribes += 1
-        await super().open()
+        await super().open(downloads)
 
     async def close(self) -> None:
         if self.subscribed and self.late:
@@ -136,23 +136,26 @@ async def test_a_reconnected_agent_subscribes_again_and_gets_the_retained_model(
     assert agent.stats.connects >= 2
 
 
-async def test_a_cycle_of_more_than_one_download_flips_between_pull_and_follow(
-    mosquitto, fleet, tmp_path
-):
+async def test_pull_and_follow_switch_on_the_waste_each_can_see(mosquitto, fleet, tmp_path):
     topic = Topics(fleet).model_global
     async with h.client(mosquitto.url) as c:
         pull = ModelPull(c, topic, downloads=0)
-        await pull.open()
-        await pull.start_run(1)  # one download for the run: keep pulling
+        await pull.open(0)
+        await pull.start_run(1)  # the retained copy on subscribe was new: keep pulling
         assert (pull.follow, pull.subscribed) == (False, False)
-        await pull.open()
-        await pull.start_run(3)  # the retained copy was the model just trained on
-        assert (pull.follow, pull.subscribed) == (True, True)
-        await pull.start_run(4)  # one version per run: following costs nothing extra
-        assert (pull.follow, pull.subscribed) == (True, True)
-        await pull.start_run(7)  # three versions during one run: pulling would take one
+        # Two more models arrived while the UNSUBSCRIBE was in flight (downloads 2 and 3):
+        # not the pull's waste, so a new retained copy at the SUBSCRIBE keeps it pulling.
+        await pull.open(3)
+        await pull.start_run(4)
         assert (pull.follow, pull.subscribed) == (False, False)
-        await pull.open()
+        await pull.open(4)
+        await pull.start_run(6)  # it waited past a retained copy that was not new
+        assert (pull.follow, pull.subscribed) == (True, True)
+        await pull.start_run(7)  # one version per run: following costs nothing extra
+        assert (pull.follow, pull.subscribed) == (True, True)
+        await pull.start_run(10)  # three versions during one run: pulling would take one
+        assert (pull.follow, pull.subscribed) == (False, False)
+        await pull.open(10)
         # Subscribed once more, the broker answers with its retained model at once.
         await c.publish(topic, h.model(2), qos=1, retain=True)
         assert (await h.next_message(c, topic)).payload == h.model(2)
