@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import numpy as np
 import pytest
 
@@ -142,3 +145,29 @@ def test_statistics_and_preps_survive_a_restart(tmp_path) -> None:
         np.testing.assert_array_equal(back.weights[name], live.weights[name])
     assert again.std.at(0).same_as(first.prep)
     again.close()
+
+
+async def test_the_first_model_waits_for_the_stats_quorum_then_no_longer() -> None:
+    intake = _intake()
+    heard, stop = asyncio.Event(), asyncio.Event()
+    waiting = asyncio.create_task(intake.std.quorum(heard, stop, 2, 600.0))
+    for _ in range(3):
+        await asyncio.sleep(0)  # let it wait on ``heard``
+    intake.handle_stats(TOPICS.stats("a"), _stats("a", _raw(20, 0)[0]))
+    heard.set()
+    intake.handle_stats(TOPICS.stats("a"), _stats("a", _raw(30, 1)[0], at=2.0))  # "a" again
+    heard.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()  # one device, counted once: the quorum is two
+    intake.handle_stats(TOPICS.stats("b"), _stats("b", _raw(20, 2)[0]))
+    heard.set()
+    await asyncio.wait_for(waiting, 5)  # two devices: on at once, long before 600 s
+
+
+async def test_without_the_quorum_the_first_model_goes_out_after_stats_wait(caplog) -> None:
+    intake = _intake()
+    started = time.monotonic()
+    await intake.std.quorum(asyncio.Event(), asyncio.Event(), 3, 0.2)
+    assert time.monotonic() - started >= 0.2
+    assert "feature statistics from 0 of 3 devices after 0s; publishing anyway" in caplog.text
