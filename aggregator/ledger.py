@@ -35,7 +35,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aggregator.ledger_schema import RunRecord, mark_open, open_schema, read_run, write_run
+from aggregator.ledger_schema import (
+    RunRecord,
+    mark_open,
+    note_wal_lost,
+    open_schema,
+    read_run,
+    write_run,
+)
 from aggregator.storage import storage_failure
 from aggregator.strategies import Strategy
 from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
@@ -87,7 +94,7 @@ class Ledger:
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             # Left open by a writer that died, yet no -wal beside it: what that WAL held
             # (acknowledged updates since the last checkpoint) is gone.
-            self.wal_lost = mark_open(self.db, True) and not had_wal
+            self.wal_lost = note_wal_lost(self.db, mark_open(self.db, True) and not had_wal)
         except (OSError, sqlite3.Error) as exc:
             what = f"cannot open ledger {self.path}"
             raise storage_failure(exc, what) or ConfigError("bad_ledger", f"{what}: {exc}") from exc

@@ -20,7 +20,7 @@ from fedmq.errors import ConfigError
 SCHEMA_VERSION = 3  # 0 with tables: an earlier fedmq, which pickled; 2: no meta table
 META = """
 CREATE TABLE meta (                -- the federation this ledger belongs to
-    key TEXT PRIMARY KEY,          -- run | rollbacks | replaces | origin | open
+    key TEXT PRIMARY KEY,          -- run | rollbacks | replaces | origin | open | wal_lost
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
@@ -136,9 +136,19 @@ def mark_open(db: sqlite3.Connection, is_open: bool) -> bool:
     return bool(was)
 
 
+def note_wal_lost(db: sqlite3.Connection, lost: bool) -> bool:
+    """A lost WAL stays on record (``wal_lost`` in ``meta``) until a start check accepts
+    the ledger (``write_run``): a refused start must refuse again, not forget."""
+    if lost:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('wal_lost', '1')")
+    return lost or db.execute("SELECT 1 FROM meta WHERE key = 'wal_lost'").fetchone() is not None
+
+
 def write_run(db: sqlite3.Connection, record: RunRecord) -> None:
     """Replace the run record and forget the origin (in the caller's transaction)."""
-    db.execute("DELETE FROM meta WHERE key IN ('run', 'rollbacks', 'replaces', 'origin')")
+    db.execute(
+        "DELETE FROM meta WHERE key IN ('run', 'rollbacks', 'replaces', 'origin', 'wal_lost')"
+    )
     rows = [("rollbacks", str(record.rollbacks))]
     rows += [(k, v) for k, v in (("run", record.run), ("replaces", record.replaces)) if v]
     db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)

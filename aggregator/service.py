@@ -262,9 +262,9 @@ class Aggregator:
         """The start check (``aggregator.startup``), once; what arrived meanwhile comes
         back, unacknowledged, for the inbox."""
         ledger, topic = self.intake.ledger, self.topics.model_global
-        self._checked = True
         if ledger is None:  # every start is a new run, which devices follow
             if self.cfg.max_payload is None:
+                self._checked = True
                 return []
             seen, stash = await read_retained_model(client, topic)  # its retained chunks
         else:
@@ -274,6 +274,7 @@ class Aggregator:
             )
             self.publisher.run, self.publisher.rollbacks = record.run, record.rollbacks
         self.publisher.retained_chunks = 0 if seen is None else seen.chunks
+        self._checked = True  # only now: a broker lost during the check means checking again
         return stash
 
     async def _farewell(

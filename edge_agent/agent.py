@@ -295,7 +295,7 @@ class Agent:
             model = self._latest
             if model is not None and follows(self._trained, model):
                 await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
-                return model
+                return self._latest  # a newer one may have come during the UNSUBSCRIBE
             await pull.open(self.stats.model_downloads)  # the broker answers: its retained model
             await wait_any(self._new_model, stop)
         return None

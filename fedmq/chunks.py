@@ -202,9 +202,13 @@ class Reassembler:
         per_sender: int = 2,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        remember_refused: bool = True,
     ) -> None:
+        """``remember_refused`` False: a message refused (timed out, evicted) may be
+        offered again, as a device's retained model is on every new SUBSCRIBE."""
         self.max_message, self.max_bytes, self.max_chunks = max_message, max_bytes, max_chunks
         self.per_sender, self.timeout, self.clock = per_sender, timeout, clock
+        self.remember_refused = remember_refused
         self._partials: OrderedDict[tuple[str, str], _Partial] = OrderedDict()  # oldest first
         self._done: OrderedDict[tuple[str, str], None] = OrderedDict()  # recently resolved
         self.nbytes = 0
@@ -219,7 +223,7 @@ class Reassembler:
         if key in self._done:  # a late piece of a message already whole or refused
             return [Resolved(sender, chunk.digest, [token])]
         if chunk.size > self.max_message or chunk.count > self.max_chunks:
-            return [self._refuse(key, [token], "too_large", _too_large(chunk, self))]
+            return [self._drop(key, "too_large", _too_large(chunk, self), token)]
         partial = self._partials.get(key)
         if partial is None:
             out = self._evict_sender(sender)
@@ -260,6 +264,9 @@ class Reassembler:
         """Forget every partial, e.g. on a new MQTT session (the broker resends what it
         did not have acknowledged; handles of the old session are void)."""
         self._partials.clear()
+        # What the old session completed may come again unacknowledged (its commit did
+        # not happen): it must be reassembled again; device + seq dedupe the replays.
+        self._done.clear()
         self.nbytes = self.nchunks = 0
 
     def _complete(self, key: tuple[str, str]) -> Resolved:
@@ -294,7 +301,8 @@ class Reassembler:
         return self._refuse(key, tokens + ([token] if token is not None else []), reason, what)
 
     def _refuse(self, key: tuple[str, str], tokens: list[Any], reason: str, what: str) -> Resolved:
-        self._remember(key)
+        if self.remember_refused:
+            self._remember(key)
         return Resolved(*key, tokens, reason=reason, message=what)
 
     def _pop(self, key: tuple[str, str]) -> _Partial:
@@ -340,6 +348,8 @@ class ModelChunks:
             per_sender=3,
             timeout=timeout,
             clock=clock,
+            # Pull on ready unsubscribes mid-model; its chunks come again on SUBSCRIBE.
+            remember_refused=False,
         )
         self.manifest: Manifest | None = None
         self._whole: OrderedDict[str, bytes] = OrderedDict()  # digest -> payload, ≤ 2

@@ -12,6 +12,7 @@ import pytest
 
 from aggregator.config import AggregatorConfig
 from aggregator.ledger import Ledger
+from aggregator.ledger_schema import RunRecord
 from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
 from aggregator.validation import to_contribution
@@ -308,4 +309,11 @@ def test_a_lost_wal_after_a_crash_is_told_apart_from_a_clean_close_and_a_plain_c
     _killed_writer(path)
     for suffix in ("-wal", "-shm"):
         path.with_name(path.name + suffix).unlink()
-    assert Ledger(path).wal_lost  # the writer died and what its WAL held is gone
+    lost = Ledger(path)
+    assert lost.wal_lost  # the writer died and what its WAL held is gone
+    lost.close()
+    refused_again = Ledger(path)  # a refused start changed nothing: it refuses again
+    assert refused_again.wal_lost
+    refused_again.set_run(RunRecord("0123456789abcdef"))  # a start check accepted it
+    refused_again.close()
+    assert not Ledger(path).wal_lost

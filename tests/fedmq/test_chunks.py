@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
 import msgpack
@@ -170,3 +171,39 @@ def test_a_device_assembles_from_manifest_and_chunks_in_either_order() -> None:
     assert assemble(ModelChunks(), model, None) == model
     with pytest.raises(WireError):
         assemble(ModelChunks(), chunks[1].encode(), 0)
+
+
+def test_a_device_rebuilds_a_model_whose_first_chunks_timed_out() -> None:
+    # Pull on ready: the agent unsubscribed mid-model and trained longer than the timeout;
+    # on SUBSCRIBE the broker sends every retained chunk and the manifest again.
+    clock = Clock()
+    model = os.urandom(6000)
+    chunks = pieces(model, of="global_model")
+    manifest = Manifest("ab" * 8, 3, sha256(model), len(model), len(chunks))
+    mc = ModelChunks(timeout=30.0, clock=clock)
+    assert assemble(mc, chunks[0].encode(), 0) is None
+    clock.now = 45.0  # the partial expires on the next chunk
+    got = [assemble(mc, c.encode(), c.index) for c in chunks]
+    got.append(assemble(mc, manifest.encode(), None))
+    assert [g for g in got if g is not None] == [model]
+
+
+def test_a_new_session_reassembles_what_the_old_one_completed_but_did_not_commit() -> None:
+    r = Reassembler()
+    chunks = pieces(os.urandom(5000))
+    whole = [res for c in chunks for res in r.offer("d", c)]
+    assert [res.payload is not None for res in whole] == [True]
+    r.clear()  # a new MQTT session: the unacknowledged chunks come again
+    again = [res for c in chunks for res in r.offer("d", c)]
+    assert [res.payload for res in again] == [whole[0].payload]
+
+
+def test_a_too_large_chunk_ends_its_partial_once() -> None:
+    r = Reassembler(max_message=100_000)
+    good = pieces(os.urandom(4000))
+    r.offer("d", good[0], token="t0")
+    # A chunk of the same digest now claiming a message far over the limit.
+    bad = dataclasses.replace(pieces(os.urandom(200_000))[0], digest=good[0].digest)
+    [refused] = r.offer("d", bad, token="t1")
+    assert refused.reason == "too_large" and refused.tokens == ["t0", "t1"]
+    assert len(r) == 0 and r.nbytes == r.nchunks == 0  # nothing left to time out later
