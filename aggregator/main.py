@@ -10,14 +10,16 @@ from typing import Any
 from aggregator.config import SCHEMA, AggregatorConfig, StrategyConfig, strategy_params
 from aggregator.service import Aggregator
 from aggregator.strategies import make_strategy
+from fedmq.chunks import split
 from fedmq.config import BrokerSettings
 from fedmq.data import check_fits, load_dataset
-from fedmq.errors import ConfigError, ModelError
+from fedmq.errors import ConfigError, ModelError, WireError
 from fedmq.logs import LogSettings
 from fedmq.model import Arch, init_weights
 from fedmq.schema import Schema
 from fedmq.spec import parse_spec
 from fedmq.training import Hyper
+from fedmq.wire import GlobalModel, new_run
 
 
 def parse_arch(spec: str, schema: Schema | None = None) -> Arch:
@@ -73,6 +75,12 @@ def build(
         hyper = s.build(Hyper)
     except ModelError as exc:
         raise ConfigError("bad_setting", exc.message) from exc
+    if cfg.max_payload is not None:  # else the first publish would fail, not the start
+        probe = GlobalModel.build(0, arch, strategy.weights, hyper, run=new_run()).encode()
+        try:
+            split(probe, "global_model", cfg.max_payload)
+        except WireError as exc:
+            raise ConfigError("bad_setting", f"--max-payload: the model's {exc.message}") from exc
     evalset = None
     if cfg.eval is not None:
         task = "classification" if arch.is_classifier else "regression"

@@ -48,7 +48,7 @@ from fedmq.aio import TaskGroup, only, wait_any, wait_event
 from fedmq.backoff import Backoff
 from fedmq.chunks import ModelChunks, assemble, split
 from fedmq.data import Dataset
-from fedmq.errors import FedmqError
+from fedmq.errors import FedmqError, WireError
 from fedmq.feedback import ErrorFeedback
 from fedmq.identity import client_id
 from fedmq.model import Weights
@@ -314,7 +314,11 @@ class Agent:
     async def _send(self, client: aiomqtt.Client, payload: bytes) -> None:
         """One update, in chunks when it exceeds ``max_payload``; back once all are acked."""
         topic, limit = self.topics.update(self.cfg.device), self.cfg.max_payload
-        chunks = [] if limit is None else [c.encode() for c in split(payload, "update", limit)]
+        try:
+            chunks = [] if limit is None else [c.encode() for c in split(payload, "update", limit)]
+        except WireError as exc:  # a model too large for this max_payload: say so, live on
+            self._record_error(exc.reason, f"the update cannot be sent: {exc.message}")
+            return
         await asyncio.gather(*(client.publish(topic, p, qos=1) for p in chunks or [payload]))
         self.stats.updates_sent += 1
         self.stats.bytes_up += sum(map(len, chunks)) if chunks else len(payload)

@@ -124,7 +124,11 @@ def split(payload: bytes, of: str, max_payload: int) -> list[Chunk]:
         return []
     count = geometry(len(payload), max_payload - HEADER_ROOM)
     if count > MAX_CHUNKS:
-        raise ValueError(f"{len(payload)} bytes need {count} chunks, more than {MAX_CHUNKS}")
+        raise WireError(
+            "too_large",
+            f"{len(payload)} bytes need {count} chunks of at most {max_payload} bytes,"
+            f" more than {MAX_CHUNKS}: raise max_payload",
+        )
     step, digest = geometry(len(payload), count), sha256(payload)
     return [
         Chunk(of, digest, len(payload), count, i, payload[i * step : (i + 1) * step])
