@@ -40,6 +40,7 @@ from edge_agent.checks import (
 from edge_agent.config import AgentConfig
 from edge_agent.data import LocalData
 from edge_agent.datafile import DataFile, Loader, feature_stats
+from edge_agent.mqttlog import MQTT_LOG
 from edge_agent.pull import ModelPull
 from edge_agent.state import SeqStore
 from edge_agent.sysinfo import ProcessMeter
@@ -150,6 +151,7 @@ class Agent:
             will=will,
             keepalive=self.cfg.keepalive,
             timeout=self.cfg.timeout,
+            logger=MQTT_LOG,
         ) as client:
             self.stats.connects += 1
             await self._publish_status(client, "error" if self._error else "online")
@@ -373,6 +375,7 @@ class Agent:
         return self.feedback.encode(
             delta,
             encoding=self.cfg.encoding,
+            bounded=model.hyper.dp_clip > 0,  # the aggregator's DP norm bound
             device=self.cfg.device,
             seq=seq,
             base_version=model.version,

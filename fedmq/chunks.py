@@ -124,11 +124,8 @@ def split(payload: bytes, of: str, max_payload: int) -> list[Chunk]:
         return []
     count = geometry(len(payload), max_payload - HEADER_ROOM)
     if count > MAX_CHUNKS:
-        raise WireError(
-            "too_large",
-            f"{len(payload)} bytes need {count} chunks of at most {max_payload} bytes,"
-            f" more than {MAX_CHUNKS}: raise max_payload",
-        )
+        what = f"{len(payload)} bytes need {count} chunks of at most {max_payload} bytes"
+        raise WireError("too_large", f"{what}, more than {MAX_CHUNKS}: raise max_payload")
     step, digest = geometry(len(payload), count), sha256(payload)
     return [
         Chunk(of, digest, len(payload), count, i, payload[i * step : (i + 1) * step])
@@ -208,8 +205,8 @@ class Reassembler:
         clock: Callable[[], float] = time.monotonic,
         remember_refused: bool = True,
     ) -> None:
-        """``remember_refused`` False: a message refused (timed out, evicted) may be
-        offered again, as a device's retained model is on every new SUBSCRIBE."""
+        """``remember_refused`` False: a refused (timed out, evicted) message may come
+        again, as a device's retained model does on every SUBSCRIBE."""
         self.max_message, self.max_bytes, self.max_chunks = max_message, max_bytes, max_chunks
         self.per_sender, self.timeout, self.clock = per_sender, timeout, clock
         self.remember_refused = remember_refused
@@ -268,8 +265,8 @@ class Reassembler:
         """Forget every partial, e.g. on a new MQTT session (the broker resends what it
         did not have acknowledged; handles of the old session are void)."""
         self._partials.clear()
-        # What the old session completed may come again unacknowledged (its commit did
-        # not happen): it must be reassembled again; device + seq dedupe the replays.
+        # A message the old session completed may come again (its commit may not have
+        # happened): reassemble it again; device + seq dedupe the replays.
         self._done.clear()
         self.nbytes = self.nchunks = 0
 
@@ -352,8 +349,7 @@ class ModelChunks:
             per_sender=3,
             timeout=timeout,
             clock=clock,
-            # Pull on ready unsubscribes mid-model; its chunks come again on SUBSCRIBE.
-            remember_refused=False,
+            remember_refused=False,  # pull on ready: they come again on SUBSCRIBE
         )
         self.manifest: Manifest | None = None
         self._whole: OrderedDict[str, bytes] = OrderedDict()  # digest -> payload, ≤ 2

@@ -2,9 +2,10 @@
 
 Under a client-level DP policy (clip C, noise multiplier z) an honest device sends
 ``c + n`` with ``‖c‖ ≤ C`` (its clipped delta) and ``n ~ N(0, (zC)² I_d)`` over the
-update's ``d`` coordinates. Its norm is about ``C·sqrt(1 + z²d)``: mostly noise, ten
-times or more what the median of unnoised deltas would be, and the same for every
-device, so the median carries no information about who is honest. The bound is the
+model's ``d`` parameters (a topk update sends fewer, never a larger norm). Its norm
+is about ``C·sqrt(1 + z²d)``: mostly noise, ten times or more what the median of
+unnoised deltas would be, and the same for every device, so the median carries no
+information about who is honest. The bound is the
 policy's own instead. By the triangle inequality ``‖c + n‖ ≤ C + ‖n‖``, and
 ``‖n‖² / (zC)²`` is chi-square with ``d`` degrees of freedom, whose tail Laurent and
 Massart (2000, Lemma 1) bound without any table: ``P(χ²_d ≥ d + 2·sqrt(d·x) + 2x) ≤ e^-x``.
@@ -13,9 +14,10 @@ With ``x = ln(1/p)`` an honest update exceeds
     C · (1 + z · sqrt(d + 2·sqrt(d·x) + 2x))
 
 with probability at most ``p`` (1e-6), at any ``d`` and whatever its clipped part. The
-bound is that times ``1 + ENCODING_SLACK``, so f16/q8 rounding and the error-feedback
-residual a device adds before encoding (``fedmq.feedback``) never push an honest update
-over it. With z = 0 (clipping only) it is C itself, with the same slack.
+bound is that times ``1 + ENCODING_SLACK``, so f16/q8 rounding never pushes an honest
+update over it; the error-feedback residual a device adds before encoding could (topk's
+is every unsent coordinate), so under a policy ``fedmq.feedback`` holds an update to
+the norm of the delta it carries. With z = 0 (clipping only) it is C itself, with the same slack.
 
 What it cannot do: an attacker may send anything up to the bound, which is the honest
 noise's size. A direction of that norm moves the model no further than one honest
@@ -32,8 +34,7 @@ from fedmq.errors import ConfigError
 # An honest device is refused by the bound with at most this probability per update.
 HONEST_TAIL = 1e-6
 # Relative room for the wire's rounding: q8 errs by at most half a step of max|v|/127
-# per coordinate, a couple of percent of a noised delta's norm (the residual carried
-# by error feedback doubles it); f16 and f32 far less.
+# per coordinate, a couple of percent of a noised delta's norm; f16 and f32 far less.
 ENCODING_SLACK = 0.05
 
 

@@ -85,7 +85,7 @@ def test_bad_hyper_parameters_are_config_errors(tmp_path):
 def test_a_model_too_large_to_chunk_under_max_payload_is_refused_at_start(tmp_path):
     # 2,000 x 2,000 float32 weights need more than 4,096 chunks of 1,024 bytes.
     wide = BASE | {"model": "mlp:2000,2000,2", "max_payload": "1024", "out_dir": str(tmp_path)}
-    with pytest.raises(ConfigError, match="--max-payload: the model's .* more than 4096") as info:
+    with pytest.raises(ConfigError, match=r"--max-payload: the model's .* more than 4096") as info:
         build(None, wide, env={})
     assert info.value.exit_code == 2 and "\n" not in info.value.message
     build(None, wide | {"max_payload": "131072"}, env={}).close()  # it fits in 128 KB chunks

@@ -95,6 +95,30 @@ def test_rounding_on_the_wire_with_error_feedback_stays_within_the_slack(encodin
         nb.screen(Contribution(update.dense_delta(), 0, 1, device="d"))
 
 
+@pytest.mark.parametrize("z", [0.0, 0.5])
+@pytest.mark.parametrize("encoding", ["topk:0.1", "topk:0.25", "q8"])
+def test_topk_with_error_feedback_stays_within_the_policy_bound(encoding, z):
+    # topk's residual is every unsent coordinate: on top of a clipped delta it would be
+    # refused, so under a policy the update is held to the delta's own norm.
+    arch = Arch("mlp", (64, 32, 10))
+    shapes = {k: v.shape for k, v in init_weights(arch, 0).items()}
+    hyper = Hyper(dp_clip=1.0, dp_noise=z)
+    base = np.random.default_rng(99)
+    direction = {k: base.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+    feedback, nb = ErrorFeedback(), NormBound(dp_clip=1.0, dp_noise=z)
+    for seq in range(30):  # correlated deltas: the residual grows along them
+        rng = np.random.default_rng(seq)
+        raw = {k: v + 0.1 * rng.normal(size=v.shape).astype(np.float32)
+               for k, v in direction.items()}  # fmt: skip
+        delta, _ = _clip_and_noise(raw, hyper, rng)
+        update = feedback.encode(
+            delta, encoding=encoding, bounded=True, device="d", seq=seq, base_version=0,
+            num_samples=1, steps=1, loss=None,
+        )  # fmt: skip
+        nb.screen(Contribution(update.dense_delta(), 0, 1, device="d"))  # raises if refused
+    assert any(float(np.abs(r).sum()) > 0 for r in feedback.residual.values())
+
+
 def test_trimmed_fedbuff_accepts_noised_updates_and_records_no_noised_norms():
     weights = {"w": np.zeros(2410, np.float32)}
     s = make_strategy("fedbuff", weights, defence=True, k=10)

@@ -4,6 +4,7 @@ not every version published while it trains (issue 12, item 4)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import agent_helpers as h
 import pytest
@@ -163,3 +164,21 @@ async def test_pull_and_follow_switch_on_the_waste_each_can_see(mosquitto, fleet
         # Subscribed once more, the broker answers with its retained model at once.
         await c.publish(topic, h.model(2), qos=1, retain=True)
         assert (await h.next_message(c, topic)).payload == h.model(2)
+
+
+def test_a_stray_acknowledgement_is_one_debug_line_not_a_traceback(caplog):
+    from edge_agent.mqttlog import MQTT_LOG
+
+    with caplog.at_level(logging.DEBUG, logger="fedmq.agent"):
+        try:
+            {}.pop(64)
+        except KeyError:
+            MQTT_LOG.exception('Unexpected message ID "%d" in on_unsubscribe callback', 64)
+        MQTT_LOG.warning("something else")
+    stray, other = caplog.records
+    assert (stray.levelname, stray.exc_info) == ("DEBUG", None)
+    assert other.levelname == "WARNING"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fedmq.agent"):
+        MQTT_LOG.error('Unexpected message ID "%d" in on_unsubscribe callback', 65)
+    assert not caplog.records

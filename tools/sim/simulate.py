@@ -257,6 +257,7 @@ class _Simulation:
         update = dev.feedback.encode(
             {k: np.zeros_like(v) for k, v in delta.items()} if nan else delta,
             encoding=self.cfg.encoding,
+            bounded=hyper.dp_clip > 0,  # as the agent does: the aggregator's DP norm bound
             device=dev.name,
             seq=dev.seq,
             base_version=base_version,
