@@ -274,6 +274,12 @@ def _status(device: str) -> bytes:
     ).encode()  # fmt: skip
 
 
+def _ctrl_c_delivered() -> None:
+    """In the child: SIGINT as a terminal delivers it, even when the test runner was
+    started in the background (which ignores SIGINT, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """A command on a pseudo-terminal, as ``fleet watch`` runs for a person."""
 
@@ -281,7 +287,9 @@ class Terminal:
         import pty
 
         self.fd, slave = pty.openpty()
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave)
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, preexec_fn=_ctrl_c_delivered
+        )
         os.close(slave)
         self.seen = b""
 
@@ -330,6 +338,7 @@ async def test_fleet_watch_json_prints_the_ls_rows_on_every_change(mosquitto, fl
     async with aiomqtt.Client(**BrokerConfig.from_url(mosquitto.url).client_kwargs()) as c:
         await c.publish(t.device_status("w1"), _status("w1"), qos=1, retain=True)
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        pipes["preexec_fn"] = _ctrl_c_delivered
         with subprocess.Popen(argv, **pipes) as proc:
             try:
                 first_rows = json.loads(await asyncio.to_thread(proc.stdout.readline))
