@@ -67,7 +67,6 @@ async def test_the_retained_copy_of_the_model_just_trained_on_is_not_a_second_ru
     assert second.seq == first.seq + 1
     # v0, at most its retained copy again on resubscribe, then v1; never a run on v0 twice.
     assert 2 <= agent.stats.model_downloads <= 3
-    assert agent.stats.updates_sent == 2
 
 
 class _PublishBeforeUnsubscribe(ModelPull):
