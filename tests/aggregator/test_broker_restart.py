@@ -60,6 +60,12 @@ async def test_training_continues_after_a_broker_restart(mosquitto, fleet, tmp_p
         await asyncio.to_thread(mosquitto.restart)  # stop (SIGTERM, db saved) and start again
         await asyncio.wait_for(agg.wait_for_version(before + 5), 60)
         recovered = time.monotonic() - restarted
+
+        async def all_back() -> None:  # versions may come from the devices back first
+            while not all(a.stats.connects >= 2 for a in agents):
+                await asyncio.sleep(0.05)  # bounded below: every device comes back too
+
+        await asyncio.wait_for(all_back(), 30)
     finally:
         stop.set()
         await asyncio.gather(*jobs)
