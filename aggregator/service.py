@@ -300,6 +300,10 @@ class Aggregator:
         if outcome.new_version:
             self._deadline.versioned(time.monotonic())
             self._dirty.set()
+        elif outcome.reason == "model_rejected":
+            # The refused candidate took the pending updates with it, and their devices
+            # wait for a newer model: the last good one, stamped anew, is one to them.
+            self._dirty.set()
 
     async def _deadlines(self, stop: asyncio.Event) -> None:
         """Flush at the round deadline (``aggregator.deadline``), on the wall clock."""

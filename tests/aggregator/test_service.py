@@ -194,3 +194,38 @@ async def test_a_fedbuff_buffer_that_cannot_fill_closes_at_the_deadline(mosquitt
     w0 = init_weights(ARCH, 0)
     for name, value in agg.strategy.weights.items():
         np.testing.assert_allclose(value, w0[name] + 0.1, rtol=1e-6)
+
+
+async def test_a_refused_candidate_republishes_the_last_good_model_stamped_anew(
+    mosquitto, fleet, tmp_path
+):
+    # The refused candidate took the pending updates with it; their devices, waiting for
+    # a newer model, would otherwise wait for ever (a stalled fleet).
+    from edge_agent.checks import follows
+
+    topics = Topics(fleet)
+    strategy = make_strategy("fedasync", init_weights(ARCH, 0), 0)
+    cfg = AggregatorConfig(
+        broker=BrokerConfig.from_url(mosquitto.url), fleet=fleet, out_dir=tmp_path,
+        publish_interval=0.1, export_onnx=False, standardize=False, gate_max_weight=10.0,
+    )  # fmt: skip
+    agg = Aggregator(cfg, strategy, ARCH, Hyper())
+    stop = asyncio.Event()
+    task = asyncio.create_task(agg.run(stop))
+    kwargs = BrokerConfig.from_url(mosquitto.url).client_kwargs()
+    try:
+        async with aiomqtt.Client(**kwargs) as device:
+            await device.subscribe(topics.model_global, qos=1)
+            first = GlobalModel.decode(bytes((await _first(device)).payload))
+            huge = {k: np.full(v.shape, 50.0, np.float32) for k, v in first.weights.items()}
+            update = Update.from_delta(
+                huge, device="a", seq=0, base_version=0, num_samples=1, steps=1, loss=0.1
+            )
+            await device.publish(topics.update("a"), update.encode(), qos=1)
+            again = GlobalModel.decode(bytes((await _first(device)).payload))
+    finally:
+        stop.set()
+        await task
+    assert agg.counters.rejected == {"model_rejected": 1}
+    assert again.version == first.version == 0 and again.digest == first.digest
+    assert follows(first, again)  # to a device holding v0: a model to train on again
