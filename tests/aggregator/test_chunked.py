@@ -36,9 +36,9 @@ from fedmq.retained import collect_retained
 from fedmq.topics import Topics
 from fedmq.training import Hyper
 from fedmq.wire import AggregatorStatus, GlobalModel, Update, weights_digest
+from tests.conftest import PAYLOAD_CAP
 
 pytestmark = pytest.mark.broker
-PAYLOAD_CAP = 131072  # what the mosquitto_128k fixture (tests/conftest.py) lets through
 WIDE = Arch("mlp", (16, 512, 512, 3))  # 272,387 parameters: 1.09 MB of float32
 
 

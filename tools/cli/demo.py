@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from aggregator.config import StrategyConfig
+from fedmq.encodings import USAGE as ENCODING_USAGE
 from fedmq.training import Hyper
 from tools.cli.options import with_settings
 from tools.cli.simulate import TaskName, config_from, fleet_strategy
@@ -40,7 +41,7 @@ def demo_command(
     ),
     budget: float = typer.Option(60.0, help="Stop after this many wall-clock seconds."),
     round_deadline: float = typer.Option(5.0, help="FedAvg: seconds before a round closes."),
-    encoding: str = typer.Option("f32", help="Update encoding: f32, f16, q8 or topk:F."),
+    encoding: str = typer.Option("f32", help=f"Update encoding: {ENCODING_USAGE}."),
     seed: int = typer.Option(0, help="Seed for data split, delays, init and training."),
     out_dir: Path = typer.Option(Path("runs/demo"), help="ONNX model, history and agent state."),
     malicious: float = typer.Option(

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from aggregator.config import StrategyConfig, strategy_params
+from fedmq.encodings import USAGE as ENCODING_USAGE
 from fedmq.settings import given_flags, settings_of
 from fedmq.training import Hyper
 from tools.cli.options import with_settings
@@ -79,7 +80,7 @@ def simulate_command(
         "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y).",
     ),
     encoding: str = typer.Option(
-        "f32", help="How devices put their deltas on the wire: f32 | f16 | q8 | topk:F."
+        "f32", help=f"How devices put their deltas on the wire: {ENCODING_USAGE}."
     ),
     error_feedback: bool = typer.Option(
         True, help="Devices carry what f16/q8/topk lose into their next update."
