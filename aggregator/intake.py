@@ -14,6 +14,7 @@ replay itself runs ungated: it repeats decisions already made.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -168,10 +169,9 @@ class Intake:
         except UpdateRejected as exc:
             return self._reject(exc, seq=None)
         self.validator.seen(update.device, update.seq)
-        contribution = self._mapped(contribution)
         staleness = self.strategy.version - update.base_version
         try:
-            produced = self.strategy.apply(contribution)
+            produced = self.strategy.apply(self._mapped(contribution))
         except UpdateRejected as exc:
             if exc.reason == "model_rejected":
                 return self._discard(exc, update.device, update.seq, staleness)
@@ -276,16 +276,23 @@ class Intake:
         if not self.std.offer(stats, payload) or not self.std.published:
             return Outcome(True, False, version, device=device)
         old, new = self.std.current, self.std.target()
-        self.strategy.remap(lambda w: reparameterize(w, old, new))
-        self.std.history.append((self.strategy.version, new))
+        unset = self.std.unset(self.strategy.version, self.strategy.pending)
+        if unset:  # untrained weights: the same numbers, now with the prep they lacked
+            self.strategy.remap(lambda w: dict(w))
+            self.std.history = [(self.strategy.version, new)]
+        else:
+            self.strategy.remap(lambda w: reparameterize(w, old, new))
+            self.std.history.append((self.strategy.version, new))
         log.info(
-            "feature statistics of %d devices changed: version %d re-parameterized",
+            "feature statistics of %d devices %s: version %d",
             self.std.devices,
+            "set the first standardization" if unset else "changed, re-parameterized",
             self.strategy.version,
         )
         store, since = self.std.store, self.strategy.version
         if self.ledger is not None and store is not None:
-            self.ledger.checkpoint(self.strategy, also=lambda: store.put_prep(since, new))
+            also = functools.partial(store.put_prep, since, new, only=unset)
+            self.ledger.checkpoint(self.strategy, also=also)
         return Outcome(True, True, self.strategy.version, device=device)
 
     def set_online(self, online: int | None) -> None:
@@ -342,4 +349,6 @@ class Intake:
 
 def standardization(arch: Arch, ledger: Ledger | None) -> Standardization:
     """Federated standardization for ``arch``, kept in ``ledger`` when there is one."""
-    return Standardization(arch.n_inputs, None if ledger is None else StatsStore(ledger.db))
+    store = None if ledger is None else StatsStore(ledger.db)
+    names = None if arch.schema is None else arch.schema.features
+    return Standardization(arch.n_inputs, store, names)

@@ -4,7 +4,10 @@ Each device's latest ``feature_stats`` (by ``at``) is kept, once per device; the
 pooled moments give the fleet's standardization (``fedmq.preprocess``). Until the first
 model goes out, a change simply replaces it. After that, a change re-parameterizes the
 model (``Strategy.remap`` with ``fedmq.preprocess.reparameterize``): the function of
-raw inputs stays the same, as a new version devices train on next.
+raw inputs stays the same, as a new version devices train on next. The exception is a
+first model that went out with no statistics at all and has not been trained since:
+the first statistics then set its standardization (``unset``), and updates trained
+before that are refused as too stale.
 
 Every standardization the fleet has held is kept with the version it took effect at,
 so an update trained from an older version is mapped into the current one before the
@@ -22,7 +25,7 @@ from dataclasses import replace
 from aggregator.stats_store import StatsStore
 from aggregator.strategies import Contribution
 from fedmq.aio import wait_any
-from fedmq.errors import DataError, FedmqError, WireError
+from fedmq.errors import DataError, FedmqError, UpdateRejected, WireError
 from fedmq.featurestats import FeatureStats
 from fedmq.model import global_norm
 from fedmq.preprocess import Moments, Standardizer, pool, reparameterize
@@ -31,9 +34,17 @@ log = logging.getLogger("fedmq.aggregator")
 
 
 class Standardization:
-    def __init__(self, width: int, store: StatsStore | None = None) -> None:
+    """``features``: the schema's feature names, by which named statistics are ordered."""
+
+    def __init__(
+        self,
+        width: int,
+        store: StatsStore | None = None,
+        features: tuple[str, ...] | None = None,
+    ) -> None:
         self.width = width
         self.store = store
+        self.features = features
         self.latest: dict[str, FeatureStats] = {}
         self.history: list[tuple[int, Standardizer]] = [(0, Standardizer.identity(width))]
         self.published = False  # once a model carried the prep, changes re-parameterize
@@ -73,6 +84,8 @@ class Standardization:
     def check(self, device: str, stats: FeatureStats) -> FeatureStats:
         if stats.device != device:
             raise WireError("bad_device_id", f"stats of {stats.device} on {device}'s topic")
+        if self.features is not None:  # a device's columns may be in any order
+            stats = stats.in_order(self.features)
         if stats.width != self.width:
             raise DataError(
                 "bad_shape", f"{device} reports {stats.width} features, the model has {self.width}"
@@ -100,14 +113,46 @@ class Standardization:
         return held
 
     def contribution(self, c: Contribution) -> Contribution:
-        """``c``'s delta in the current parameterization (unchanged if it is already)."""
+        """``c``'s delta in the current parameterization (unchanged if it is already);
+        UpdateRejected for one trained before the standardization was set (``settle``)."""
+        since = self.history[0][0]
+        if self.published and c.base_version < since:
+            raise UpdateRejected(
+                "too_stale",
+                f"trained on version {c.base_version}, before the fleet's standardization "
+                f"was set at version {since}",
+                device=c.device,
+                staleness=since - c.base_version,
+            )
         old, new = self.at(c.base_version), self.current
         if old is new:
             return c
         # The re-parameterization changes the delta's norm (a shifted mean moves the
         # bias by the first layer's delta), but a DP bound is about what was sent.
         sent = global_norm(c.delta) if c.sent_norm is None else c.sent_norm
-        return replace(c, delta=reparameterize(c.delta, old, new), sent_norm=sent)
+        try:
+            delta = reparameterize(c.delta, old, new)
+        except DataError as exc:  # overflowed: a delta no bound would let through
+            raise UpdateRejected("norm_bound", exc.message, device=c.device) from None
+        return replace(c, delta=delta, sent_norm=sent)
+
+    def unset(self, version: int, pending: int) -> bool:
+        """Whether statistics arriving now set the standardization instead of changing it.
+
+        So when the first model went out without any (``stats_wait`` ran out before a
+        device sent some) and nothing has been trained since: no version past it, nothing
+        pending. Its weights are then the untrained initialization, which takes the
+        standardization it should have had. Re-expressing them for raw inputs instead
+        would keep a random function at the price of a feature in the 1e4s scaling its
+        weights by as much, which training does not recover from.
+        """
+        since, prep = self.history[0]
+        return (
+            len(self.history) == 1
+            and version == since
+            and pending == 0
+            and prep.same_as(Standardizer.identity(self.width))
+        )
 
     def publish(self, version: int) -> Standardizer:
         """The prep of the model about to go out; from now on changes re-parameterize."""

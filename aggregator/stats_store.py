@@ -50,7 +50,10 @@ class StatsStore:
         ).fetchall()
         return [(v, Standardizer(np.frombuffer(m, F32), np.frombuffer(s, F32))) for v, m, s in rows]
 
-    def put_prep(self, version: int, prep: Standardizer) -> None:
+    def put_prep(self, version: int, prep: Standardizer, *, only: bool = False) -> None:
+        """The standardization from ``version`` on; ``only``: it replaces every earlier one."""
+        if only:
+            self.db.execute("DELETE FROM preps")
         self.db.execute(
             "INSERT OR REPLACE INTO preps (since_version, mean, scale) VALUES (?, ?, ?)",
             (version, prep.mean.astype(F32).tobytes(), prep.scale.astype(F32).tobytes()),

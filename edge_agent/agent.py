@@ -188,9 +188,11 @@ class Agent:
 
     async def _publish_stats(self, client: aiomqtt.Client) -> None:
         """Retained, so an aggregator that starts later finds them (docs/wire.md 3.7)."""
-        if not self.cfg.feature_stats or self.data is None:
-            return  # None: text labels wait for the model's schema, and so do the stats
-        stats = feature_stats(self.data, device=self.cfg.device, digest=self.source.digest)
+        rows = self.local.stats_rows()
+        if not self.cfg.feature_stats or rows is None:
+            return
+        names, x = rows
+        stats = feature_stats(x, names, device=self.cfg.device, digest=self.source.digest)
         await client.publish(self.topics.stats(self.cfg.device), stats.encode(), qos=1, retain=True)
 
     async def _watch_data(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:

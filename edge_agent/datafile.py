@@ -43,8 +43,11 @@ def data_digest(data: Dataset) -> str:
     return h.hexdigest()
 
 
-def feature_stats(data: Dataset, *, device: str, digest: str) -> FeatureStats:
-    return FeatureStats.of(Moments.of(data.x), device=device, digest=digest, at=time.time())
+def feature_stats(
+    x: np.ndarray, names: list[str] | None, *, device: str, digest: str
+) -> FeatureStats:
+    moments = Moments.of(x)
+    return FeatureStats.of(moments, device=device, digest=digest, at=time.time(), features=names)
 
 
 class DataFile:

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedmq.data.csv_files import load_csv, load_csv_with_schema, save_csv
+from fedmq.data.csv_files import load_csv, load_csv_with_schema, load_features, save_csv
 from fedmq.data.dataset import Dataset, canonical_task, check_fits, check_schema, standardize
 from fedmq.data.npz_files import load_npz, save_npz
 from fedmq.data.table import Table, describe, read_table
@@ -45,6 +45,7 @@ __all__ = [
     "load_csv",
     "load_csv_with_schema",
     "load_dataset",
+    "load_features",
     "load_npz",
     "read_table",
     "save_csv",

@@ -106,6 +106,26 @@ def load_csv_with_schema(
     return Dataset(x, _schema_labels(table, columns[schema.label], schema))
 
 
+def load_features(path: str | os.PathLike[str], label: str) -> tuple[list[str], np.ndarray]:
+    """Every column of the CSV at ``path`` but ``label``, named by its header, in the
+    file's order: the rows a device's feature statistics describe before the fleet's
+    schema reaches it. The labels are not read, so text class names need no schema.
+    """
+    path = Path(path)
+    table = read_table(path)
+    assert table.header is not None
+    if label not in table.header:
+        raise DataError(
+            "no_label",
+            f"{path}: label column {label!r} not found; the columns are {table.header}",
+            path=str(path),
+        )
+    cols = [i for i, name in enumerate(table.header) if name != label]
+    if not cols:
+        raise DataError("bad_shape", f"{path}: no feature columns beside {label!r}")
+    return [table.header[i] for i in cols], _features(table, cols)
+
+
 def _check_agrees(schema: Schema, label: str | int | None, task: str | None, path: Path) -> None:
     if label is not None and label != schema.label:
         raise DataError(

@@ -15,6 +15,7 @@ from aggregator.strategies import make_strategy
 from fedmq.featurestats import FeatureStats
 from fedmq.model import Arch, forward, init_weights, loss
 from fedmq.preprocess import Moments, Standardizer
+from fedmq.schema import Schema
 from fedmq.topics import Topics
 from fedmq.training import Hyper, train_local
 from fedmq.wire import Update
@@ -32,8 +33,9 @@ def _raw(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]
     return (z * SCALES + OFFSETS).astype(np.float32), y
 
 
-def _stats(device: str, x: np.ndarray, at: float = 1.0) -> bytes:
-    return FeatureStats.of(Moments.of(x), device=device, digest="0" * 64, at=at).encode()
+def _stats(device: str, x: np.ndarray, at: float = 1.0, names: list[str] | None = None) -> bytes:
+    moments = Moments.of(x)
+    return FeatureStats.of(moments, device=device, digest="0" * 64, at=at, features=names).encode()
 
 
 def _intake(strategy: str = "fedbuff", ledger: Ledger | None = None, **params) -> Intake:
@@ -183,3 +185,73 @@ async def test_without_the_quorum_the_first_model_goes_out_after_stats_wait() ->
         logger.setLevel(level)
     assert time.monotonic() - started >= 0.2
     assert "feature statistics from 0 of 3 devices after 0s; publishing anyway" in seen
+
+
+def test_named_statistics_are_merged_by_name_whatever_the_devices_column_order() -> None:
+    schema = Schema(("a", "b", "c"), "kind", "classification", ("x", "y", "z"))
+    arch = Arch("mlp", (3, 8, 3), schema=schema)
+    named = Intake(TOPICS, arch, make_strategy("fedbuff", init_weights(arch, 0), 0),
+                   standardize=True)  # fmt: skip
+    plain = _intake()
+    xa, xb = _raw(50, 1), _raw(70, 2, shift=1.0)
+    order = [2, 0, 1]  # device b's file holds c, a, b
+    named.handle_stats(TOPICS.stats("a"), _stats("a", xa[0], names=["a", "b", "c"]))
+    named.handle_stats(TOPICS.stats("b"), _stats("b", xb[0][:, order], names=["c", "a", "b"]))
+    plain.handle_stats(TOPICS.stats("a"), _stats("a", xa[0]))
+    plain.handle_stats(TOPICS.stats("b"), _stats("b", xb[0]))
+    assert named.std.devices == 2 and named.std.target().same_as(plain.std.target())
+    # Names that are not the schema's features change nothing.
+    before = named.std.target()
+    out = named.handle_stats(TOPICS.stats("c"), _stats("c", xb[0], names=["a", "b", "lux"]))
+    assert not out.applied and out.reason == "missing_feature"
+    assert named.std.devices == 2 and named.std.target().same_as(before)
+
+
+def test_the_first_statistics_set_an_untrained_models_standardization(tmp_path) -> None:
+    """The first model went out before any device sent statistics (stats_wait ran out)."""
+    path = tmp_path / "ledger.sqlite"
+    intake = _intake("fedasync", ledger=Ledger(path))
+    first = intake.snapshot(publish=True)
+    assert first.prep.same_as(Standardizer.identity(3))
+    xa, ya = _raw(200, 1)
+    raw_update = _update("a", 0, first.version, xa, ya, first.prep, first.weights)
+    out = intake.handle_stats(TOPICS.stats("a"), _stats("a", xa))
+    assert out.new_version and out.version == first.version + 1
+    second = intake.snapshot(publish=True)
+    # The same untrained weights, now with the standardization: not re-expressed for raw
+    # inputs, which would have scaled the 1e4 feature's weights by ~1e4.
+    for name in first.weights:
+        np.testing.assert_array_equal(second.weights[name], first.weights[name])
+    assert second.prep.same_as(Standardizer.from_moments(Moments.of(xa)))
+    # An update trained on raw inputs before that is refused, not mapped.
+    refused = intake.handle(TOPICS.update("a"), raw_update)
+    assert not refused.applied and refused.reason == "too_stale"
+    trained = _update("a", 1, second.version, xa, ya, second.prep, second.weights)
+    assert intake.handle(TOPICS.update("a"), trained).applied
+    live = intake.snapshot()
+    intake.close()
+    # A restart holds the one standardization from the version it was set at.
+    again = _intake("fedasync", ledger=Ledger(path))
+    assert [v for v, _ in again.std.history] == [second.version]
+    assert again.snapshot().version == live.version and again.std.current.same_as(second.prep)
+    again.close()
+
+
+def test_once_trained_a_first_standardization_re_parameterizes_instead() -> None:
+    intake = _intake("fedasync")
+    first = intake.snapshot(publish=True)
+    xa, ya = _raw(200, 1)
+    xa_scaled = xa / np.abs(xa).max(0)  # trainable on raw inputs without blowing up
+    update = _update("a", 0, first.version, xa_scaled, ya, first.prep, first.weights)
+    assert intake.handle(TOPICS.update("a"), update).applied
+    trained = intake.snapshot()
+    out = intake.handle_stats(TOPICS.stats("a"), _stats("a", xa_scaled))
+    assert out.new_version
+    after = intake.snapshot(publish=True)
+    assert not after.prep.same_as(first.prep)
+    f_before = forward(ARCH, trained.weights, xa_scaled)
+    f_after = forward(ARCH, after.weights, after.prep.apply(xa_scaled))
+    np.testing.assert_allclose(f_after, f_before, rtol=1e-4, atol=1e-4)
+    # And an update trained before the change is still mapped, not refused.
+    late = _update("a", 1, first.version + 1, xa_scaled, ya, first.prep, trained.weights)
+    assert intake.handle(TOPICS.update("a"), late).applied

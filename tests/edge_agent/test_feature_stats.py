@@ -89,3 +89,28 @@ async def test_the_agent_trains_on_the_models_standardized_features(mosquitto, f
     want, _ = train_local(h.ARCH, weights, raw.x, raw.y, Hyper(), rng)
     for name, delta in update.dense_delta().items():
         np.testing.assert_allclose(delta, want[name], atol=1e-3)
+
+
+async def test_text_labels_do_not_hold_back_the_statistics(mosquitto, fleet, tmp_path):
+    """A CSV with class names sends its named statistics before any model (and schema)."""
+    topics = Topics(fleet)
+    path = tmp_path / "local.csv"
+    rows = [(20.5 + i, 100.0 * i, 0.4, "warm" if i % 2 else "cold") for i in range(30)]
+    path.write_text(
+        "humidity,lux,temp,kind\n"  # not the schema's order: the names say which is which
+        + "".join(f"{h},{lux},{t},{k}\n" for t, lux, h, k in rows)
+    )
+    local = LocalData.open(path, "kind", "classification")
+    assert local.plain is None  # the labels need the model's schema
+    cfg = h.agent(mosquitto.url, fleet, tmp_path, data=path).cfg
+    agent = Agent(cfg, local)
+    stop = asyncio.Event()
+    async with h.client(mosquitto.url, topics.stats("pi-1")) as observer:
+        task = asyncio.create_task(agent.run(stop))
+        stats = FeatureStats.decode(bytes((await h.next_message(observer, "#")).payload))
+        stop.set()
+        await task
+    assert stats.features == ["humidity", "lux", "temp"] and stats.count == 30
+    np.testing.assert_allclose(stats.moments().mean, [0.4, 1450.0, 35.0], rtol=1e-6)
+    ordered = stats.in_order(["temp", "lux", "humidity"])
+    np.testing.assert_allclose(ordered.moments().mean, [35.0, 1450.0, 0.4], rtol=1e-6)

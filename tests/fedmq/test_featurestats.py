@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmq.errors import WireError
+from fedmq.errors import DataError, WireError
 from fedmq.featurestats import MAX_FEATURES, FeatureStats
 from fedmq.model import Arch, init_weights
 from fedmq.preprocess import Moments, Standardizer, pool
@@ -29,19 +29,24 @@ def raw_tables(draw: st.DrawFn) -> np.ndarray:
     )
 
 
-def _stats(x: np.ndarray, device: str = "d1") -> FeatureStats:
-    return FeatureStats.of(Moments.of(x), device=device, digest=DIGEST, at=1.0)
+def _stats(x: np.ndarray, device: str = "d1", names: list[str] | None = None) -> FeatureStats:
+    return FeatureStats.of(Moments.of(x), device=device, digest=DIGEST, at=1.0, features=names)
+
+
+def _names(width: int) -> list[str]:
+    return [f"f{i}" for i in range(width)]
 
 
 def _body(msg: FeatureStats) -> dict:
     return msgpack.unpackb(msg.encode())
 
 
-@given(raw_tables())
-def test_roundtrip_is_exact_in_float64(x: np.ndarray) -> None:
-    stats = _stats(x)
+@given(raw_tables(), st.booleans())
+def test_roundtrip_is_exact_in_float64(x: np.ndarray, named: bool) -> None:
+    stats = _stats(x, names=_names(x.shape[1]) if named else None)
     back = FeatureStats.decode(stats.encode())
     assert back == stats
+    assert ("features" in _body(stats)) is named  # unnamed: the bytes an older fedmq wrote
     assert isinstance(decode_any(stats.encode()), FeatureStats)
     m = back.moments()
     assert np.array_equal(m.sum, x.sum(0)) and np.array_equal(m.sumsq, np.square(x).sum(0))
@@ -73,6 +78,13 @@ BAD = [
     ("device", "a/b", "bad_device_id"),
     ("at", -1.0, "bad_value"),
     ("extra", 1, "unknown_field"),
+    ("features", "f0", "bad_type"),
+    ("features", [], "bad_type"),
+    ("features", [1], "bad_type"),
+    ("features", [""], "bad_value"),
+    ("features", ["a\nb"], "bad_value"),
+    ("features", ["x" * 129], "bad_value"),
+    ("features", ["a", "b"], "bad_shape"),  # two names, one feature
 ]
 
 
@@ -83,6 +95,39 @@ def test_each_defect_has_its_reason(key: str, value: object, reason: str) -> Non
     with pytest.raises(WireError) as err:
         FeatureStats.decode(msgpack.packb(body))
     assert err.value.reason == reason
+
+
+def test_duplicate_feature_names_are_refused() -> None:
+    body = _body(_stats(np.ones((2, 2)), names=["a", "b"]))
+    body["features"] = ["a", "a"]
+    with pytest.raises(WireError) as err:
+        FeatureStats.decode(msgpack.packb(body))
+    assert err.value.reason == "bad_value"
+
+
+@given(raw_tables(), st.randoms(use_true_random=False))
+def test_in_order_permutes_every_array_by_name(x: np.ndarray, rnd) -> None:
+    names = _names(x.shape[1])
+    order = names[:]
+    rnd.shuffle(order)
+    # The device's file has its columns in ``order``; the schema lists them as ``names``.
+    device = _stats(x[:, [names.index(n) for n in order]], names=order)
+    back = device.in_order(names)
+    assert back.features == names and back.count == device.count
+    for key in ("sum", "sumsq", "min", "max"):
+        assert getattr(back, key) == [getattr(device, key)[order.index(n)] for n in names]
+    np.testing.assert_allclose(back.moments().mean, x.mean(0), rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("held", "reason"), [(["f0", "zz"], "missing_feature"), (["f0"], "extra_feature")]
+)
+def test_in_order_refuses_names_that_are_not_the_schemas(held: list[str], reason: str) -> None:
+    stats = _stats(np.ones((2, 2)), names=["f0", "f1"])
+    with pytest.raises(DataError) as err:
+        stats.in_order(held)
+    assert err.value.reason == reason
+    assert _stats(np.ones((2, 2))).in_order(["a", "b"]) == _stats(np.ones((2, 2)))  # unnamed
 
 
 def test_more_features_than_the_wire_allows_are_refused() -> None:
@@ -97,7 +142,8 @@ def test_more_features_than_the_wire_allows_are_refused() -> None:
 @settings(max_examples=300)
 @given(raw_tables(), st.data())
 def test_fuzz_mutated_payloads_decode_or_raise_wire_error(x: np.ndarray, data) -> None:
-    payload = bytearray(_stats(x).encode())
+    named = data.draw(st.booleans())
+    payload = bytearray(_stats(x, names=_names(x.shape[1]) if named else None).encode())
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(payload) - 1))
         payload[i] = data.draw(st.integers(0, 255))
