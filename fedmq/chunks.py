@@ -6,10 +6,9 @@ With ``max_payload`` set, a sender splits a larger ``update`` or ``global_model`
 the receiver's ``Reassembler`` puts them back together with bounded memory and a
 timeout, and refuses the whole message on any inconsistency: never a partial one.
 
-The retained global model goes out as one retained chunk per topic
-``model/global/{index}`` and then a ``model_manifest`` on ``model/global`` (published
-last), so a device that subscribes later finds every piece; ``ModelChunks`` is the
-device's side of that.
+The retained global model goes out as a retained chunk per ``model/global/{index}``,
+then a ``model_manifest`` on ``model/global`` (last), so a late subscriber finds every
+piece; ``ModelChunks`` is the device's side of that, ``KINDS`` names both messages.
 """
 
 from __future__ import annotations
@@ -112,6 +111,9 @@ class Manifest(Message):
     OPTIONAL: ClassVar[Mapping[str, Any]] = {"rollbacks": 0}
 
 
+KINDS: dict[str, type[Message]] = {Chunk.KIND: Chunk, Manifest.KIND: Manifest}
+
+
 def sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
@@ -134,9 +136,8 @@ def split(payload: bytes, of: str, max_payload: int) -> list[Chunk]:
 
 
 def is_chunk(payload: bytes) -> bool:
-    """Whether ``payload`` is a msgpack map whose ``kind`` is ``chunk``, without decoding
-    the rest (an update's tensors are skipped, not built). Anything odd is False: the
-    caller's own decoder then refuses it with its reason."""
+    """Whether ``payload``'s ``kind`` is ``chunk``, read without building its tensors;
+    anything odd is False, and the caller's own decoder then says why."""
     return kind_of(payload) == Chunk.KIND
 
 
@@ -156,14 +157,14 @@ def kind_of(payload: bytes) -> object:
                 return unpacker.unpack()
             unpacker.skip()
     except Exception:  # msgpack raises many types for bad bytes; none has a kind
-        return None
+        pass
     return None
 
 
 @dataclass(frozen=True)
 class Resolved:
-    """A message the reassembler is done with: whole (``payload``), refused (``reason``),
-    or neither (a leftover chunk); ``tokens`` are the chunks' handles, to acknowledge."""
+    """A message done with: whole (``payload``), refused (``reason``) or neither (a
+    leftover chunk); ``tokens``: the chunks' handles, to acknowledge."""
 
     sender: str
     digest: str
@@ -212,8 +213,7 @@ class Reassembler:
         self.remember_refused = remember_refused
         self._partials: OrderedDict[tuple[str, str], _Partial] = OrderedDict()  # oldest first
         self._done: OrderedDict[tuple[str, str], None] = OrderedDict()  # recently resolved
-        self.nbytes = 0
-        self.nchunks = 0
+        self.nbytes, self.nchunks = 0, 0
 
     def __len__(self) -> int:
         return len(self._partials)

@@ -3,6 +3,8 @@
 A device's retained status (or the last will that replaced it) says what it is doing;
 the aggregator's retained ledger for it says what became of its updates; the
 aggregator's status gives the current version, against which staleness is counted.
+A global model retained in chunks (a broker with a payload limit, docs/wire.md 3.8) is
+put together from its manifest and chunk topics, as a device does.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedmq.chunks import Manifest, ModelChunks, is_manifest
 from fedmq.errors import ConfigError, TopicError, WireError
 from fedmq.topics import Topics, parse
 from fedmq.wire import AggregatorStatus, DeviceLedger, DeviceStatus, GlobalModel
@@ -40,8 +43,31 @@ def filters(topics: Topics) -> list[str]:
         topics.device_status_filter,
         topics.aggregator_devices_filter,
         topics.aggregator_status,
-        topics.model_global,
+        topics.model_global_filter,  # the model, or its manifest and chunks
     ]
+
+
+def _global_model(payload: bytes, chunks: Mapping[int, bytes]) -> GlobalModel:
+    """The retained model: ``payload`` itself, or what its manifest's chunks make up."""
+    if not is_manifest(payload):
+        return GlobalModel.decode(payload)
+    manifest = Manifest.decode(payload)
+    pieces = ModelChunks()
+    pieces.on_manifest(manifest)
+    refused = ""
+    for index, chunk in sorted(chunks.items()):
+        try:
+            whole = pieces.on_chunk(index, chunk)
+        except WireError as exc:  # a junk chunk topic: the others may still make it up
+            refused = f"; chunk {index} refused: {exc}"
+            continue
+        if whole is not None:
+            return GlobalModel.decode(whole)
+    raise WireError(
+        "chunk_missing",
+        f"the retained manifest of v{manifest.version} names {manifest.count} chunks; "
+        f"the {len(chunks)} chunk topic(s) retained do not make it up{refused}",
+    )
 
 
 @dataclass
@@ -57,14 +83,26 @@ class FleetSnapshot:
     @classmethod
     def from_retained(cls, fleet: str, retained: Mapping[str, bytes]) -> FleetSnapshot:
         snap = cls()
+        chunks: dict[int, bytes] = {}
+        model: tuple[str, bytes] | None = None
         for topic, payload in sorted(retained.items()):
             try:
                 where = parse(topic)
                 if where.fleet != fleet:
                     continue
-                snap._add(where.kind, where.device, payload)
+                if where.kind == "model_chunk" and where.index is not None:
+                    chunks[where.index] = payload
+                elif where.kind == "model_global":
+                    model = (topic, payload)  # once every chunk is known
+                else:
+                    snap._add(where.kind, where.device, payload)
             except (TopicError, WireError) as exc:
                 snap.problems[topic] = str(exc)
+        if model is not None:
+            try:
+                snap.model = _global_model(model[1], chunks)
+            except WireError as exc:
+                snap.problems[model[0]] = str(exc)
         return snap
 
     def _add(self, kind: str, device: str | None, payload: bytes) -> None:
@@ -77,8 +115,6 @@ class FleetSnapshot:
             self.ledgers[device] = DeviceLedger.decode(payload)
         elif kind == "aggregator_status":
             self.aggregator = AggregatorStatus.decode(payload)
-        elif kind == "model_global":
-            self.model = GlobalModel.decode(payload)
 
     @property
     def version(self) -> int | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fedmq.chunks import KINDS, kind_of
 from fedmq.errors import TopicError, WireError
 from fedmq.topics import parse
 from fedmq.wire import Message, decode_any
@@ -30,6 +31,8 @@ def plain(value: Any) -> Any:
     """``value`` with arrays summarised and dataclasses, tuples and NaN made JSON-safe."""
     if isinstance(value, np.ndarray):
         return tensor_summary(value)
+    if isinstance(value, bytes):  # a chunk's piece of a message: its size says enough
+        return {"bytes": len(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
@@ -59,6 +62,8 @@ def payload_json(topic: str, payload: bytes) -> dict[str, Any]:
     if not payload:
         return {**out, "kind": "cleared"}
     try:
-        return {**out, **message_json(decode_any(payload))}
+        cls = KINDS.get(str(kind_of(payload)))  # a chunk or a manifest (wire.md 3.8)
+        message = decode_any(payload) if cls is None else cls.decode(payload)
+        return {**out, **message_json(message)}
     except WireError as exc:
         return {**out, "error": str(exc), "reason": exc.reason}

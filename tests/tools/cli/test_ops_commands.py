@@ -356,3 +356,37 @@ async def test_fleet_watch_json_prints_the_ls_rows_on_every_change(mosquitto, fl
                 if proc.poll() is None:
                     proc.kill()
             assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.broker
+def test_model_show_and_export_read_a_model_retained_in_chunks(
+    mosquitto_128k, fleet, daemons, tmp_path: Path
+):
+    """Under a 128 KiB payload limit the retained model is a manifest and its chunks."""
+    from fedmq.chunks import Manifest, split
+    from fedmq.model import Arch
+
+    topics, arch = Topics(fleet), Arch("mlp", (16, 512, 512, 3))  # 1.09 MB of float32
+    model = GlobalModel.build(3, arch, init_weights(arch, 0), Hyper(), run=new_run())
+    payload = model.encode()
+    chunks = split(payload, "global_model", 131072)
+    manifest = Manifest(model.run, model.version, chunks[0].digest, len(payload), len(chunks))
+
+    async def publish() -> None:
+        async with aiomqtt.Client(**BrokerConfig.from_url(mosquitto_128k.url).client_kwargs()) as c:
+            for chunk in chunks:
+                await c.publish(topics.model_chunk(chunk.index), chunk.encode(), qos=1, retain=True)
+            await c.publish(topics.model_global, manifest.encode(), qos=1, retain=True)
+
+    asyncio.run(publish())
+    common = ["--broker", mosquitto_128k.url, "--fleet", fleet]
+    shown = daemons.run("model", "show", *common, "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["version"] == 3 and doc["digest"] == model.digest
+    assert doc["params"] == sum(w.size for w in model.weights.values())
+    out = tmp_path / "model.npz"
+    exported = daemons.run("model", "export", *common, "--format", "npz", "--out", str(out))
+    assert exported.returncode == 0, exported.stderr
+    with np.load(out) as npz:
+        np.testing.assert_array_equal(npz["w1"], model.weights["w1"])

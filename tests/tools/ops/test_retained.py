@@ -8,10 +8,13 @@ import time
 import aiomqtt
 import pytest
 
+from fedmq.chunks import Manifest, split
 from fedmq.config import BrokerConfig
 from fedmq.errors import BrokerError
+from fedmq.model import Arch, init_weights
 from fedmq.topics import Topics
-from fedmq.wire import AggregatorStatus, DeviceLedger, DeviceStatus
+from fedmq.training import Hyper
+from fedmq.wire import AggregatorStatus, DeviceLedger, DeviceStatus, GlobalModel, new_run
 from tools.broker import LOOPBACK, LocalBroker
 from tools.broker.base import free_port
 from tools.ops.fleet import FleetSnapshot, filters, select
@@ -136,3 +139,48 @@ def test_payload_json_summarises_and_never_raises() -> None:
     bad = payload_json(topics.device_status("a"), b"\xc1")
     assert "error" in bad and bad["bytes"] == 1
     assert payload_json("not/a/fedmq/topic", b"x")["error"]
+    # A chunked model's manifest and chunks are shown, the chunk's bytes as their size.
+    chunked = _chunked(topics, _model(), 1024)
+    manifest = payload_json(topics.model_global, chunked[topics.model_global])
+    assert manifest["kind"] == "model_manifest" and manifest["version"] == 4
+    piece = payload_json(topics.model_chunk(0), chunked[topics.model_chunk(0)])
+    assert piece["kind"] == "chunk" and piece["index"] == 0 and piece["data"]["bytes"] > 0
+
+
+def _chunked(topics: Topics, model: GlobalModel, max_payload: int) -> dict[str, bytes]:
+    """The retained topics of ``model`` as the publisher leaves them: chunks + manifest."""
+    payload = model.encode()
+    chunks = split(payload, "global_model", max_payload)
+    out = {topics.model_chunk(c.index): c.encode() for c in chunks}
+    manifest = Manifest(model.run, model.version, chunks[0].digest, len(payload), len(chunks))
+    return {**out, topics.model_global: manifest.encode()}
+
+
+def _model(version: int = 4) -> GlobalModel:
+    arch = Arch("mlp", (16, 64, 3))
+    return GlobalModel.build(version, arch, init_weights(arch, 1), Hyper(), run=new_run(),
+                             created_at=NOW)  # fmt: skip
+
+
+def test_a_model_retained_in_chunks_is_put_together_from_its_manifest() -> None:
+    topics, model = Topics("f"), _model()
+    retained = _chunked(topics, model, 1024)
+    assert len(retained) > 3  # a manifest and several chunks
+    snap = FleetSnapshot.from_retained("f", retained)
+    assert snap.model is not None and snap.model.digest == model.digest and not snap.problems
+    # A junk chunk topic beside them changes nothing; a missing chunk is one problem.
+    junk = {**retained, topics.model_chunk(99): b"\x93junk"}
+    assert FleetSnapshot.from_retained("f", junk).model.digest == model.digest
+    del retained[topics.model_chunk(1)]
+    broken = FleetSnapshot.from_retained("f", retained)
+    assert broken.model is None
+    assert "chunk_missing" in broken.problems[topics.model_global]
+
+
+def test_a_chunked_model_is_read_over_a_broker(broker: LocalBroker, fleet: str) -> None:
+    topics, model = Topics(fleet), _model(7)
+    asyncio.run(publish_retained(broker, _chunked(topics, model, 4096)))
+    found = asyncio.run(read_retained(BrokerConfig.from_url(broker.url), filters(topics)))
+    snap = FleetSnapshot.from_retained(fleet, found)
+    assert snap.model is not None and snap.model.version == 7
+    assert snap.model.digest == model.digest
