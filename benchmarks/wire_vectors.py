@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from benchmarks import vectors_stats_chunks as stats_chunks
 from benchmarks.vector_json import dump, to_json
 from fedmq.model import Arch
 from fedmq.preprocess import Standardizer
@@ -30,7 +31,6 @@ from fedmq.wire import (
     AggregatorStatus,
     DeviceLedger,
     DeviceStatus,
-    FeatureStats,
     GlobalModel,
     HistorySummary,
     Message,
@@ -168,12 +168,6 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
             prep=Standardizer(np.arange(ARCH.n_inputs) - 1.5, np.arange(ARCH.n_inputs) + 0.25),
         ),
     ),
-    "feature_stats": (
-        "a device's feature statistics: float64 arrays",
-        lambda: FeatureStats(
-            "pi-07", 3, [0.1, -3e4], [0.07, 3.1e8], [-0.2, -1.2e4], [0.3, -0.5], "c4" * 32, 1.5
-        ),
-    ),
     "device_ledger": (
         "a device ledger",
         lambda: DeviceLedger(
@@ -193,6 +187,9 @@ VALID: dict[str, tuple[str, Callable[[], Message]]] = {
         ),
     ),
 }
+
+
+VALID.update(stats_chunks.valid(_model))
 
 
 # -- invalid payloads: one defect each -----------------------------------------------
@@ -287,7 +284,7 @@ def _invalid() -> dict[str, tuple[str, str, str, bytes]]:
         ("digest_other_arch", "same weights, the arch says tanh", "global_model", "bad_digest",
          _pack({**mb, "arch": tanh})),
     ]  # fmt: skip
-    cases += _invalid_schema(m) + _invalid_topk()
+    cases += _invalid_schema(m) + _invalid_topk() + stats_chunks.invalid(m)
     return {name: (desc, kind, reason, data) for name, desc, kind, reason, data in cases}
 
 

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from benchmarks.wire_vectors import OUT, build, main, to_json
+from fedmq.chunks import KINDS
 from fedmq.encodings import WIRE_NAMES
 from fedmq.errors import WireError
 from fedmq.model import Arch
 from fedmq.wire import MESSAGES
+
+KNOWN = {**MESSAGES, **KINDS}  # the messages and 3.8's chunk and manifest
 
 NAMES = sorted(p.stem for p in OUT.glob("*.json"))
 
@@ -23,7 +26,7 @@ def _load(name: str) -> tuple[dict, bytes]:
 
 
 def _decode(spec: dict, data: bytes):
-    cls = MESSAGES[spec["decode_as"]]
+    cls = KNOWN[spec["decode_as"]]
     if "receiver_arch" in spec:
         return cls.decode(data, shapes=Arch(**spec["receiver_arch"]).param_shapes())
     return cls.decode(data)
@@ -52,7 +55,7 @@ def test_regenerating_gives_the_same_bytes() -> None:
 def test_the_vectors_cover_every_kind_encoding_and_the_new_rules() -> None:
     specs = [_load(name)[0] for name in NAMES]
     valid = [s["message"] for s in specs if s["valid"]]
-    assert {m["kind"] for m in valid} == set(MESSAGES)
+    assert {m["kind"] for m in valid} == set(KNOWN)
     assert {m["encoding"] for m in valid if m["kind"] == "update"} == set(WIRE_NAMES)
     reasons = {s["reason"] for s in specs if not s["valid"]}
     assert {"duplicate_key", "bad_version", "bad_device_id", "bad_digest", "bad_type"} <= reasons
@@ -83,3 +86,14 @@ def test_check_mode_reports_stale_and_extra_files(tmp_path: Path, capsys) -> Non
     assert main(["--out", str(tmp_path), "--check"]) == 1
     out = capsys.readouterr().out
     assert "update_f32.bin: stale" in out and "left_over.json: stale" in out
+
+
+def test_the_chunk_vectors_make_up_the_global_model_vector() -> None:
+    from fedmq.chunks import Chunk, Manifest, sha256
+
+    pieces = [Chunk.decode(_load(f"chunk_{i}")[1]) for i in (0, 1)]
+    whole = b"".join(c.data for c in pieces)
+    model = _load("global_model")[1]
+    manifest = Manifest.decode(_load("model_manifest")[1])
+    assert whole == model and sha256(whole) == manifest.digest == pieces[0].digest
+    assert (manifest.size, manifest.count) == (len(model), 2)
