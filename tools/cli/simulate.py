@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from aggregator.config import StrategyConfig, strategy_params
+from aggregator.config import AggregatorConfig, StrategyConfig, strategy_params
 from fedmq.encodings import USAGE as ENCODING_USAGE
 from fedmq.settings import given_flags, settings_of
 from fedmq.training import Hyper
@@ -25,6 +25,8 @@ class TaskName(str, Enum):
 
 
 T = TypeVar("T")
+# The aggregator's δ setting, its help as declared there (fedmq.settings).
+DP_DELTA = next(s for s in settings_of(AggregatorConfig) if s.name == "dp_delta")
 
 
 def config_from(cls: type[T], given: dict[str, Any], **extra: Any) -> T:
@@ -85,6 +87,7 @@ def simulate_command(
     error_feedback: bool = typer.Option(
         True, help="Devices carry what f16/q8/topk lose into their next update."
     ),
+    dp_delta: float = typer.Option(DP_DELTA.default, "--dp-delta", help=DP_DELTA.help),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
     settings: Any = None,
 ) -> None:

@@ -90,6 +90,8 @@ class SimConfig:
                 "bad_attack", f"unknown attack {self.attack!r}: use one of {', '.join(ATTACKS)}"
             )
         parse_encoding(self.encoding, "--encoding")
+        if not 0 < self.dp_delta < 1:  # also refuses NaN
+            raise ConfigError("bad_setting", f"--dp-delta must be in (0, 1), got {self.dp_delta}")
 
 
 @dataclass

@@ -61,3 +61,20 @@ def test_the_command_line_takes_the_policy_and_prints_epsilon():
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["hyper"]["noise"] == 1.0 and out["dp"]["epsilon_fleet"] > 0
+
+
+def test_the_command_line_takes_the_delta_epsilon_is_reported_for():
+    def run(*delta: str) -> dict:
+        result = CliRunner().invoke(
+            app,
+            ["simulate", "--devices", "5", "--budget", "0.5", "--dp-clip", "0.5",
+             "--dp-noise", "1", *delta, "--json"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["dp"]
+
+    default, loose = run(), run("--dp-delta", "1e-3")
+    assert (default["delta"], loose["delta"]) == (1e-5, 1e-3)
+    assert loose["epsilon_fleet"] < default["epsilon_fleet"]  # same run, a weaker claim
+    bad = CliRunner().invoke(app, ["simulate", "--dp-delta", "1"])
+    assert bad.exit_code != 0 and "--dp-delta must be in (0, 1)" in str(bad.exception)
