@@ -114,7 +114,7 @@ class Standardization:
 
     def contribution(self, c: Contribution) -> Contribution:
         """``c``'s delta in the current parameterization (unchanged if it is already);
-        UpdateRejected for one trained before the standardization was set (``settle``)."""
+        UpdateRejected for one trained before the standardization was set (``unset``)."""
         since = self.history[0][0]
         if self.published and c.base_version < since:
             raise UpdateRejected(
@@ -139,7 +139,7 @@ class Standardization:
     def unset(self, version: int, pending: int) -> bool:
         """Whether statistics arriving now set the standardization instead of changing it.
 
-        So when the first model went out without any (``stats_wait`` ran out before a
+        True when the first model went out without any (``stats_wait`` ran out before a
         device sent some) and nothing has been trained since: no version past it, nothing
         pending. Its weights are then the untrained initialization, which takes the
         standardization it should have had. Re-expressing them for raw inputs instead
