@@ -84,7 +84,9 @@ class AggregatorConfig:
     metrics_port: int | None = setting(None, help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
     # Crash safety: the SQLite ledger (out_dir/ledger.sqlite) plus a persistent MQTT
     # session whose updates are acknowledged only after their effect is committed.
-    ledger: bool = setting(True, help="Keep the crash-safe ledger in out_dir/ledger.sqlite.")
+    ledger: bool = setting(
+        True, help="Keep the crash-safe ledger in out_dir/ledger.sqlite (and ledger.sqlite-blobs/)."
+    )
     checkpoint_every: int = setting(100, help="Checkpoint the strategy every this many updates.")
     durable: bool = setting(
         False, help="fsync every ledger commit (survive power loss, not just kill -9)."

@@ -1,7 +1,7 @@
 """The aggregator's memory across crashes: an event log and strategy checkpoints in SQLite.
 
 Every update the aggregator decides on is one row of ``events`` (applied, with its
-payload in ``payloads``, or rejected with its reason), committed before the broker gets
+payload, or rejected with its reason), committed before the broker gets
 its PUBACK, and every deadline flush is a row too. A candidate model the gate refused
 is a ``discard`` row (reason ``model_rejected``, with the update that completed it, if
 any): it changed the state, dropping what was pending, so it is replayed like a flush
@@ -11,6 +11,10 @@ wire-format tensors, no pickle) goes into ``checkpoints`` in the same transactio
 restart loads the last checkpoint and replays the events after it; strategies are
 deterministic, so the result is the state at the last commit.
 
+Payloads and checkpoint states are appended to the blob log (``aggregator.blob_log``,
+the directory ``<ledger>-blobs``); SQLite holds their references (``blobs``). A
+checkpoint starts a new segment; once it commits, the segments before it are deleted.
+
 The ledger stays small: a checkpoint deletes the payloads it covers, folds event rows
 older than the newest ``keep_events`` into per-device last seqs (``devices``) and counts
 (``tallies``), and gives the freed pages back to the file system (``auto_vacuum =
@@ -19,27 +23,35 @@ keeps the dedupe exact: a device's seqs only increase (the validator refuses the
 so its last seq is all the dedupe needs.
 
 WAL with ``synchronous=NORMAL`` survives a killed process (the OS still holds what was
-written); ``durable=True`` (``synchronous=FULL``) also survives a power cut, at the
-cost of an fsync per update. The file is created 0600, its directory (if the ledger
-creates it) 0700.
+written); ``durable=True`` (``synchronous=FULL``, and the blob log fsynced before each
+commit) also survives a power cut, at the cost of an fsync per commit. Without it, a
+power cut may lose the newest payloads: the replay stops before the first one lost,
+drops what came after it, and the ledger reports that as a lost WAL (``wal_lost``).
+The files are created 0600, their directories (if the ledger creates them) 0700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
+from aggregator.blob_log import BlobLog, BlobRef
 from aggregator.ledger_schema import (
+    CHECKPOINT_REF,
     RunRecord,
     mark_open,
     note_wal_lost,
     open_schema,
+    read_counts,
+    read_last_seqs,
+    read_privacy,
     read_run,
     write_run,
 )
@@ -48,14 +60,13 @@ from aggregator.strategies import Strategy
 from aggregator.strategies.state import decode_checkpoint, encode_checkpoint
 from fedmq.errors import ConfigError
 
-# DP spend: each device's Gaussian mechanisms by noise multiplier z, never folded away.
-PRIVACY_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS privacy (device TEXT NOT NULL, z REAL NOT NULL,"
-    " n INTEGER NOT NULL, PRIMARY KEY (device, z)) WITHOUT ROWID"
-)
+log = logging.getLogger("fedmq.aggregator")
 # Events that may be folded: older than the newest ``keep_events``, and either covered
 # by the checkpoint or rejected (rejections are never replayed).
 FOLDABLE = "id <= :cutoff AND (id <= :covered OR kind = 'rejected')"
+LIVE_SEGMENTS = (
+    "SELECT segment FROM blobs UNION SELECT segment FROM checkpoints WHERE segment IS NOT NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class Ledger:
         self.path = Path(path)
         self.checkpoint_every = checkpoint_every
         self.keep_events = keep_events
+        self.durable = durable
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             empty = self.path.exists() and self.path.stat().st_size == 0
@@ -88,10 +100,10 @@ class Ledger:
             # on its own thread and then records from its intake worker.
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             open_schema(self.db, self.path, "empty" if empty else "new")
-            # Added within schema 3: an older ledger just gains the table.
-            self.db.execute(PRIVACY_SCHEMA)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self.blobs = BlobLog(self.path.with_name(self.path.name + "-blobs"))
+            self.blobs.keep(self._live_segments())  # what a crash left uncommitted
             # Left open by a writer that died, yet no -wal beside it: what that WAL held
             # (acknowledged updates since the last checkpoint) is gone.
             self.wal_lost = note_wal_lost(self.db, mark_open(self.db, True) and not had_wal)
@@ -118,6 +130,7 @@ class Ledger:
         with contextlib.suppress(sqlite3.Error):
             mark_open(self.db, False)
         self.db.close()
+        self.blobs.close()
 
     # -- writing -----------------------------------------------------------------------
 
@@ -149,8 +162,11 @@ class Ledger:
             if cur.rowcount == 0:
                 return False
             if changes and payload is not None:
+                ref = self.blobs.append(payload)
                 self.db.execute(
-                    "INSERT INTO payloads (event, payload) VALUES (?, ?)", (cur.lastrowid, payload)
+                    "INSERT INTO blobs (event, segment, offset, length, crc)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (cur.lastrowid, *astuple(ref)),
                 )
             if kind == "applied" and noise is not None:
                 self.db.execute(
@@ -207,13 +223,18 @@ class Ledger:
             self._reclaim()
 
     def _checkpoint(self, strategy: Strategy, last_event: int) -> None:
+        # The state opens a new segment: once this commits, the older ones are garbage.
+        self.blobs.rotate()
+        ref = self.blobs.append(encode_checkpoint(strategy))
+        self.blobs.sync()  # the state must outlive the segments it lets go
         self.db.execute(
-            "INSERT INTO checkpoints (last_event, strategy, version, state, at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (last_event, strategy.name, strategy.version, encode_checkpoint(strategy), time.time()),
+            "INSERT INTO checkpoints (last_event, strategy, version, state, at,"
+            f" {', '.join(CHECKPOINT_REF)}) VALUES (?, ?, ?, x'', ?, ?, ?, ?, ?)",
+            (last_event, strategy.name, strategy.version, time.time(), *astuple(ref)),
         )
         self.db.execute("DELETE FROM checkpoints WHERE id < (SELECT MAX(id) FROM checkpoints)")
         self.db.execute("DELETE FROM payloads WHERE event <= ?", (last_event,))
+        self.db.execute("DELETE FROM blobs WHERE event <= ?", (last_event,))
         self._since_checkpoint = 0
         self._fold()
 
@@ -237,7 +258,8 @@ class Ledger:
         self._rejected_since_fold = 0
 
     def _reclaim(self) -> None:
-        """Give freed pages back (after the commit: neither step may roll back an event)."""
+        """Give freed pages and segments back (after the commit: none may roll back)."""
+        self.blobs.keep(self._live_segments())
         # executescript steps the pragma to the end; execute() frees just one page.
         self.db.executescript("PRAGMA incremental_vacuum;")
         # No busy wait: with a reader in the way (someone inspecting the file) this does
@@ -261,7 +283,10 @@ class Ledger:
         return row[0]
 
     def _transaction(self) -> _Tx:
-        return _Tx(self.db)
+        return _Tx(self.db, self.blobs.sync if self.durable else None)
+
+    def _live_segments(self) -> set[int]:
+        return {row[0] for row in self.db.execute(LIVE_SEGMENTS)}
 
     def _count_since_checkpoint(self) -> int:
         return self.db.execute(
@@ -277,21 +302,56 @@ class Ledger:
         model is a ConfigError ``ledger_mismatch``; a damaged one is ``bad_checkpoint``.
         """
         row = self.db.execute(
-            "SELECT last_event, state FROM checkpoints ORDER BY id DESC LIMIT 1"
+            f"SELECT last_event, state, {', '.join(CHECKPOINT_REF)} FROM checkpoints"
+            " ORDER BY id DESC LIMIT 1"
         ).fetchone()
-        last, strategy = (0, None) if row is None else (row[0], self._decode(row[1], template))
-        events = [
-            Event(*r)
-            for r in self.db.execute(
-                "SELECT e.id, e.kind, e.device, e.seq, p.payload FROM events e"
-                " LEFT JOIN payloads p ON p.event = e.id"
-                " WHERE e.id > ? AND e.kind != 'rejected' ORDER BY e.id",
-                (last,),
-            )
-        ]
+        last, strategy = (
+            (0, None) if row is None else (row[0], self._decode(self._state(row), template))
+        )
+        rows = self.db.execute(
+            "SELECT e.id, e.kind, e.device, e.seq, p.payload,"
+            " b.segment, b.offset, b.length, b.crc FROM events e"
+            " LEFT JOIN payloads p ON p.event = e.id LEFT JOIN blobs b ON b.event = e.id"
+            " WHERE e.id > ? AND e.kind != 'rejected' ORDER BY e.id",
+            (last,),
+        ).fetchall()
+        events = []
+        for r in rows:
+            payload = r[4] if r[5] is None else self.blobs.read(BlobRef(*r[5:]))
+            if payload is None and r[5] is not None:
+                self._lost_from(r[0], len(rows) - len(events))
+                break
+            events.append(Event(r[0], r[1], r[2], r[3], payload))
         if any(e.kind == "applied" and e.payload is None for e in events):
             raise ConfigError("bad_ledger", f"{self.path}: an applied update lost its payload")
         return strategy, events
+
+    def _state(self, row: tuple) -> bytes:
+        """A checkpoint's state, from its column (schema 3) or the blob log."""
+        if row[2] is None:
+            return row[1]
+        state = self.blobs.read(BlobRef(*row[2:]))
+        if state is None:
+            raise ConfigError(
+                "bad_checkpoint",
+                f"{self.path}: the newest checkpoint's state is missing or damaged in"
+                f" {self.blobs.dir}; use another --out-dir or move the ledger away",
+            )
+        return state
+
+    def _lost_from(self, event: int, n: int) -> None:
+        """A power cut lost payloads from ``event`` on: keep the history before it."""
+        log.warning(
+            "%s: %d acknowledged updates from event %d lost their payloads"
+            " (a power cut?); resuming from the event before",
+            self.path,
+            n,
+            event,
+        )
+        with self._transaction():
+            self.db.execute("DELETE FROM blobs WHERE event >= ?", (event,))
+            self.db.execute("DELETE FROM events WHERE id >= ? AND kind != 'rejected'", (event,))
+            self.wal_lost = note_wal_lost(self.db, True)
 
     def _decode(self, blob: bytes, template: Strategy | None) -> Strategy:
         try:
@@ -303,49 +363,35 @@ class Ledger:
             ) from exc
 
     def last_seqs(self) -> dict[str, int]:
-        return dict(
-            self.db.execute(
-                "SELECT device, MAX(seq) FROM ("
-                " SELECT device, seq FROM events WHERE seq IS NOT NULL"
-                " UNION ALL SELECT device, last_seq FROM devices"
-                ") GROUP BY device"
-            ).fetchall()
-        )
+        return read_last_seqs(self.db)
 
     def privacy(self) -> dict[str, dict[str, int]]:
         """The DP spend, as ``PrivacyLedger.state()`` has it: device -> {z as text: count}."""
-        out: dict[str, dict[str, int]] = {}
-        for device, z, n in self.db.execute("SELECT device, z, n FROM privacy"):
-            out.setdefault(device, {})[repr(float(z))] = n
-        return out
+        return read_privacy(self.db)
 
     def counts(self) -> tuple[int, Counter]:
         """Updates applied, and rejections by reason, over the ledger's whole life."""
-        rows = self.db.execute(
-            "SELECT kind, reason, SUM(n) FROM ("
-            " SELECT kind, COALESCE(reason, '') AS reason, COUNT(*) AS n FROM events"
-            " GROUP BY 1, 2 UNION ALL SELECT kind, reason, n FROM tallies"
-            ") GROUP BY 1, 2"
-        ).fetchall()
-        applied = sum(n for kind, _, n in rows if kind == "applied")
-        refused = Counter()
-        for kind, reason, n in rows:
-            if kind in ("rejected", "discard"):
-                refused[reason] += n
-        return applied, refused
+        return read_counts(self.db)
 
 
 class _Tx:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; ``before_commit`` first."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, before_commit: Callable[[], None] | None) -> None:
         self.db = db
+        self.before_commit = before_commit
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if not exc_type:
+            try:
+                if self.before_commit is not None:
+                    self.before_commit()
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
             self.db.execute("COMMIT")
         elif self.db.in_transaction:  # SQLITE_FULL and SQLITE_IOERR may have rolled back
             self.db.execute("ROLLBACK")

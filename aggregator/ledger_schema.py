@@ -6,24 +6,53 @@ until a start check accepts it: the start check (``aggregator.startup``) must no
 mistake it for a federation that is just beginning while the broker still retains a
 model, not even after a refused start already wrote its first checkpoint. Schema 2
 ledgers gain the ``meta`` table in place; their run is unknown until the start check
-adopts the run of the retained model.
+adopts the run of the retained model. Schema 3 ledgers gain ``blobs`` and the
+checkpoints' reference columns in place: the payloads and states they already hold
+in SQLite are still read, and new ones go to the blob log (``aggregator.blob_log``).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedmq.errors import ConfigError
 
-SCHEMA_VERSION = 3  # 0 with tables: an earlier fedmq, which pickled; 2: no meta table
+SCHEMA_VERSION = 4  # 0 with tables: an earlier fedmq, which pickled; 2: no meta; 3: no blobs
 META = """
 CREATE TABLE meta (                -- the federation this ledger belongs to
     key TEXT PRIMARY KEY,          -- run | rollbacks | replaces | origin | open | wal_lost
     value TEXT NOT NULL
 ) WITHOUT ROWID;
 """
+# Where a value in the blob log is (``aggregator.blob_log.BlobRef``).
+BLOBS = """
+CREATE TABLE blobs (               -- payloads of applied updates no checkpoint covers yet
+    event INTEGER PRIMARY KEY,
+    segment INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    crc INTEGER NOT NULL
+);
+"""
+# DP spend: each device's Gaussian mechanisms by noise multiplier z, never folded away.
+# Added within schema 3, so a schema 3 ledger may or may not have it.
+PRIVACY = """
+CREATE TABLE IF NOT EXISTS privacy (
+    device TEXT NOT NULL,
+    z REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (device, z)
+) WITHOUT ROWID;
+"""
+CHECKPOINT_REF = ("segment", "offset", "length", "crc")  # NULL: the state is in ``state``
+TO_4 = (
+    PRIVACY
+    + BLOBS
+    + "".join(f"ALTER TABLE checkpoints ADD COLUMN {c} INTEGER;" for c in CHECKPOINT_REF)
+)
 SCHEMA = (
     """
 CREATE TABLE events (
@@ -38,7 +67,7 @@ CREATE TABLE events (
     at REAL NOT NULL
 );
 CREATE UNIQUE INDEX events_device_seq ON events (device, seq) WHERE seq IS NOT NULL;
-CREATE TABLE payloads (            -- applied updates no checkpoint covers yet
+CREATE TABLE payloads (            -- schema 3 kept payloads here, now in ``blobs``
     event INTEGER PRIMARY KEY,
     payload BLOB NOT NULL
 );
@@ -47,8 +76,12 @@ CREATE TABLE checkpoints (
     last_event INTEGER NOT NULL,
     strategy TEXT NOT NULL,
     version INTEGER NOT NULL,
-    state BLOB NOT NULL,
-    at REAL NOT NULL
+    state BLOB NOT NULL,           -- empty when the state is in the blob log
+    at REAL NOT NULL,
+    segment INTEGER,
+    offset INTEGER,
+    length INTEGER,
+    crc INTEGER
 );
 CREATE TABLE devices (             -- folded events: each device's last seq
     device TEXT PRIMARY KEY,
@@ -62,6 +95,8 @@ CREATE TABLE tallies (             -- folded events: how many of each kind and r
 ) WITHOUT ROWID;
 """
     + META
+    + BLOBS
+    + PRIVACY
 )
 
 
@@ -96,8 +131,9 @@ def open_schema(db: sqlite3.Connection, path: Path, origin: str) -> None:
             f"BEGIN; {SCHEMA} {origin_row} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
         )
         return
-    if version == 2:
-        db.executescript(f"BEGIN; {META} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+    if version in (2, 3):
+        meta = META if version == 2 else ""
+        db.executescript(f"BEGIN; {meta} {TO_4} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
         return
     db.close()
     if version == 0:
@@ -152,3 +188,39 @@ def write_run(db: sqlite3.Connection, record: RunRecord) -> None:
     rows = [("rollbacks", str(record.rollbacks))]
     rows += [(k, v) for k, v in (("run", record.run), ("replaces", record.replaces)) if v]
     db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
+
+
+def read_last_seqs(db: sqlite3.Connection) -> dict[str, int]:
+    """Each device's last seq, over its events and its folded ones."""
+    return dict(
+        db.execute(
+            "SELECT device, MAX(seq) FROM ("
+            " SELECT device, seq FROM events WHERE seq IS NOT NULL"
+            " UNION ALL SELECT device, last_seq FROM devices"
+            ") GROUP BY device"
+        ).fetchall()
+    )
+
+
+def read_privacy(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """The DP spend: device -> {z as text: mechanisms}."""
+    out: dict[str, dict[str, int]] = {}
+    for device, z, n in db.execute("SELECT device, z, n FROM privacy"):
+        out.setdefault(device, {})[repr(float(z))] = n
+    return out
+
+
+def read_counts(db: sqlite3.Connection) -> tuple[int, Counter]:
+    """Updates applied, and refusals by reason, over the events and the tallies."""
+    rows = db.execute(
+        "SELECT kind, reason, SUM(n) FROM ("
+        " SELECT kind, COALESCE(reason, '') AS reason, COUNT(*) AS n FROM events"
+        " GROUP BY 1, 2 UNION ALL SELECT kind, reason, n FROM tallies"
+        ") GROUP BY 1, 2"
+    ).fetchall()
+    applied = sum(n for kind, _, n in rows if kind == "applied")
+    refused: Counter = Counter()
+    for kind, reason, n in rows:
+        if kind in ("rejected", "discard"):
+            refused[reason] += n
+    return applied, refused

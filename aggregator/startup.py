@@ -135,7 +135,8 @@ def _conflict(held: Held, seen: Seen | None) -> tuple[str, str] | None:
     lost = (
         "wal_lost",
         f"ledger {held.path} was left open by an aggregator that died and its -wal file is"
-        " gone: the updates it acknowledged since its last checkpoint are lost",
+        " gone, or a power cut lost its newest payloads: the updates it acknowledged since"
+        " its last checkpoint are lost",
     )
     if seen is None:  # nothing retained: nothing to disagree with but the ledger itself
         return lost if held.wal_lost else None
@@ -151,7 +152,7 @@ def _conflict(held: Held, seen: Seen | None) -> tuple[str, str] | None:
     if (held.record.rollbacks, held.version) >= (seen.rollbacks, seen.version):
         return lost if held.wal_lost else None
     why = (
-        "its -wal file was lost after a crash"
+        "its -wal file was lost after a crash, or its newest payloads with a power cut"
         if held.wal_lost
         else "restored from a backup, or its -wal file lost after a crash?"
     )

@@ -20,6 +20,7 @@ from typing import Any
 # name -> one line; the module benchmarks.<name> has main(argv).
 BENCHMARKS: dict[str, str] = {
     "throughput": "intake rate against a bare MQTT subscriber on the same stream",
+    "intake": "the intake alone, with the ledger against without it (what the ledger costs)",
     "footprint": "the agent's peak RSS, import time and installed size",
     "ledger": "ledger bytes on disk per applied update under a real fleet",
     "strategies": "FedAsync, FedBuff and FedAvg on the virtual clock",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import tempfile
 import time
@@ -29,11 +30,13 @@ LEDGER_FILES = ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm")
 
 
 def ledger_bytes(out_dir: Path) -> int:
-    """Bytes on disk of the ledger and its WAL and shared-memory files."""
+    """Bytes on disk of the ledger: its file, WAL, shared memory and blob log."""
+    paths = [out_dir / name for name in LEDGER_FILES]
+    blobs = out_dir / "ledger.sqlite-blobs"  # the payloads and states it references
+    paths += list(blobs.iterdir()) if blobs.is_dir() else []
     total = 0
-    for name in LEDGER_FILES:
-        path = out_dir / name
-        if path.exists():
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):  # a segment deleted meanwhile
             total += path.stat().st_blocks * 512
     return total
 

@@ -94,11 +94,13 @@ def test_checkpoints_bound_what_is_kept_and_replayed(tmp_path):
     strategy, events = ledger.restore()
     assert strategy is not None and strategy.version == 9 and len(events) == 1
     with sqlite3.connect(tmp_path / "ledger.sqlite") as db:
-        (kept,) = db.execute("SELECT COUNT(*) FROM payloads").fetchone()
+        (kept,) = db.execute("SELECT COUNT(*) FROM blobs").fetchone()
         (rows,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
     db.close()
+    # One segment is left: the last checkpoint's state, then the one payload after it.
+    segments = ledger.blobs.segments()
     ledger.close()
-    assert (kept, rows) == (1, 10)
+    assert (kept, rows, len(segments)) == (1, 10, 1)
 
 
 def test_a_ledger_of_another_strategy_is_refused(tmp_path):
@@ -125,7 +127,8 @@ def _strategy(name: str = "fedbuff"):
 
 def _on_disk(path) -> int:
     files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-    return sum(f.stat().st_size for f in files if f.exists())
+    blobs = path.with_name(path.name + "-blobs")
+    return sum(f.stat().st_size for f in [*files, *blobs.iterdir()] if f.exists())
 
 
 def _fill(ledger: Ledger, strategy, start: int, stop: int, devices: int = 20) -> None:
@@ -154,8 +157,9 @@ def test_steady_state_costs_under_200_bytes_per_update(tmp_path):
     _fill(ledger, strategy, 1000, 3000)
     per_update = (_on_disk(path) - before) / 2000
     assert per_update <= 200, per_update
-    (payloads,) = ledger.db.execute("SELECT COUNT(*) FROM payloads").fetchone()
+    (payloads,) = ledger.db.execute("SELECT COUNT(*) FROM blobs").fetchone()
     assert payloads == 0  # the last checkpoint (at 3000) covers them all
+    assert len(ledger.blobs.segments()) == 1  # its state; older segments are deleted
     assert ledger.db.execute("PRAGMA freelist_count").fetchone()[0] == 0  # given back
     ledger.close()
 
@@ -227,12 +231,20 @@ def test_a_newer_or_damaged_ledger_is_a_clear_error(tmp_path):
     assert err.value.reason == "bad_ledger"
 
 
-def test_a_pickle_in_the_checkpoints_table_is_refused_not_run(tmp_path):
+@pytest.mark.parametrize("where", ["state column", "blob log"])
+def test_a_pickle_in_a_checkpoint_is_refused_not_run(tmp_path, where):
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
     ledger.checkpoint(_strategy())
     hostile = b"cos\nsystem\n(S'touch " + str(tmp_path / "ran").encode() + b"'\ntR."
-    ledger.db.execute("UPDATE checkpoints SET state = ?", (hostile,))
+    if where == "state column":  # as a schema 3 ledger holds it
+        ledger.db.execute("UPDATE checkpoints SET state = ?, segment = NULL", (hostile,))
+    else:  # written with its right length and CRC, by someone who can write the files
+        ref = ledger.blobs.append(hostile)
+        ledger.db.execute(
+            "UPDATE checkpoints SET segment = ?, offset = ?, length = ?, crc = ?",
+            (ref.segment, ref.offset, ref.length, ref.crc),
+        )
     with pytest.raises(ConfigError) as err:
         ledger.restore(_strategy())
     assert err.value.reason == "bad_checkpoint" and str(path) in err.value.message

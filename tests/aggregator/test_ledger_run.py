@@ -5,17 +5,17 @@ from __future__ import annotations
 import sqlite3
 
 from aggregator.ledger import Ledger
-from aggregator.ledger_schema import SCHEMA_VERSION, RunRecord
+from aggregator.ledger_schema import CHECKPOINT_REF, SCHEMA_VERSION, RunRecord
 
 RUN = "0123456789abcdef"
 
 
-def test_a_new_ledger_has_schema_3_a_meta_table_and_origin_new(tmp_path):
+def test_a_new_ledger_has_schema_4_a_meta_table_and_origin_new(tmp_path):
     ledger = Ledger(tmp_path / "ledger.sqlite")
     assert ledger.run() == (RunRecord(None, 0, None), "new")
     ledger.close()
     db = sqlite3.connect(tmp_path / "ledger.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (3,)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,) == (4,)
     assert db.execute("SELECT value FROM meta WHERE key = 'origin'").fetchone() == ("new",)
 
 
@@ -46,9 +46,10 @@ def test_a_schema_2_ledger_gains_meta_and_has_no_run_yet(tmp_path):
     path = tmp_path / "ledger.sqlite"
     Ledger(path).close()
     db = sqlite3.connect(path)
-    db.executescript("DROP TABLE meta; PRAGMA user_version = 2;")
+    columns = "".join(f"ALTER TABLE checkpoints DROP COLUMN {c};" for c in CHECKPOINT_REF)
+    db.executescript(f"DROP TABLE meta; DROP TABLE blobs; {columns} PRAGMA user_version = 2;")
     db.close()
     ledger = Ledger(path)
     assert ledger.run() == (RunRecord(None, 0, None), None)
     ledger.close()
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (3,)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (4,)
