@@ -99,16 +99,20 @@ async def _publish(client_kwargs: dict[str, Any], topics: Topics, payloads: list
             )
 
 
-async def _bare(client_kwargs: dict[str, Any], cid: str, n: int) -> float:
-    """Seconds from connecting to the Nth message, acknowledging each (aiomqtt's default)."""
+async def _bare(client_kwargs: dict[str, Any], cid: str, n: int) -> tuple[float, float]:
+    """Seconds from connecting to the Nth message, acknowledging each (aiomqtt's default),
+    and from the first message to the Nth."""
     start = time.perf_counter()
-    count = 0
+    count, first = 0, 0.0
     async with aiomqtt.Client(**client_kwargs, identifier=cid, clean_session=False) as c:
         async for _ in c.messages:
             count += 1
+            if count == 1:
+                first = time.perf_counter()
             if count == n:
                 break
-    return time.perf_counter() - start
+    end = time.perf_counter()
+    return end - start, end - first
 
 
 async def _aggregator(
@@ -126,13 +130,15 @@ async def _aggregator(
     agg = Aggregator(cfg, strat, arch, Hyper())
     stop = asyncio.Event()
     seen = 0
-    done_at = 0.0
+    done_at = first_at = 0.0
     handle = agg.inbox.on_outcome  # on the event loop after each update the intake handled
 
     def spy(outcome: Outcome) -> None:
-        nonlocal seen, done_at
+        nonlocal seen, done_at, first_at
         handle(outcome)
         seen += 1
+        if seen == 1:
+            first_at = time.perf_counter()
         if seen == n:
             done_at = time.perf_counter()
             stop.set()
@@ -149,6 +155,9 @@ async def _aggregator(
         agg._worker.submit(worker_prof.disable).result()
     c = agg.counters
     info = {"accepted": c.accepted, "rejected": dict(c.rejected), "version": agg.strategy.version}
+    # From the first update handled: without the start check and the first model's
+    # publication and ONNX export, which a round of a few seconds otherwise counts.
+    info["steady_s"] = done_at - first_at
     if prof:
         info["profile"] = {"intake thread": _top(worker_prof), "event loop": _top(loop_prof)}
     agg._worker.shutdown()  # run() closed the intake and the publisher
@@ -174,7 +183,7 @@ async def _round(
         await _subscribe(kwargs, cid, topics)
     payloads = stream(MODELS[model], strategy, n, lag, seed=r)
     await _publish(kwargs, topics, payloads)
-    bare_s = await _bare(kwargs, bare_id, n)
+    bare_s, bare_steady_s = await _bare(kwargs, bare_id, n)
     with tempfile.TemporaryDirectory(prefix="fedmq-tp-") as tmp:
         agg_s, info = await _aggregator(
             broker.url, fleet, agg_id, strategy, MODELS[model], n, Path(tmp), prof
@@ -185,6 +194,7 @@ async def _round(
         "bare_per_s": n / bare_s,
         "aggregator_per_s": n / agg_s,
         "ratio": bare_s / agg_s,
+        "steady_ratio": bare_steady_s / info["steady_s"],
         "bytes": len(payloads[0]),
         **info,
     }
@@ -207,7 +217,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                     "rounds": rounds,
                     **{
                         k: spread([x[k] for x in rounds])
-                        for k in ("bare_per_s", "aggregator_per_s", "ratio")
+                        for k in ("bare_per_s", "aggregator_per_s", "ratio", "steady_ratio")
                     },
                 }
                 if args.profile:
@@ -221,21 +231,22 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 def _line(r: dict[str, Any]) -> str:
     return (
         f"bare {r['bare_per_s']:,.0f}/s, aggregator {r['aggregator_per_s']:,.0f}/s,"
-        f" ratio {r['ratio']:.3f}"
+        f" ratio {r['ratio']:.3f}, from the first message {r['steady_ratio']:.3f}"
     )
 
 
 def _table(results: dict[str, Any]) -> str:
     rows = [
         "| model | strategy | update bytes | messages | bare subscriber /s | aggregator /s"
-        " | ratio (goal ≥ 0.9) |",
-        "|---|---|---|---|---|---|---|",
+        " | ratio (goal ≥ 0.9) | ratio from the first message |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, e in results.items():
         model, strategy = key.split("/")
         rows.append(
             f"| {model} | {strategy} | {e['update_bytes']:,} | {e['messages']:,}"
-            f" | {fmt(e['bare_per_s'])} | {fmt(e['aggregator_per_s'])} | {fmt(e['ratio'], 3)} |"
+            f" | {fmt(e['bare_per_s'])} | {fmt(e['aggregator_per_s'])} | {fmt(e['ratio'], 3)}"
+            f" | {fmt(e['steady_ratio'], 3)} |"
         )
     return "\n".join(rows)
 
@@ -267,7 +278,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(report, indent=2))
     if not args.quick:
-        body = "median (min-max) of the rounds; ratio = bare time / aggregator time per round.\n\n"
+        body = (
+            "median (min-max) of the rounds; ratio = bare time / aggregator time per round,"
+            " each from connecting; the last column times each from its first message (the"
+            " aggregator's start check and first model publication left out).\n\n"
+        )
         write_section(
             "throughput",
             "Intake throughput over Mosquitto",
