@@ -115,7 +115,3 @@ class BlobLog:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def size(self) -> int:
-        """Bytes on disk of every segment."""
-        return sum(self._path(s).stat().st_size for s in self.segments())
