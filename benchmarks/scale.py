@@ -172,9 +172,11 @@ def _row(
     before, after, final = scrapes
     aggp, mosq, mosq_idle, stale = probes
     accepted = metric(final, "fedmq_updates_total", result="accepted")
-    rejected = sum(
-        metric(final, "fedmq_updates_total", result="rejected", reason=r) for r in _reasons(final)
-    )
+    by_reason = {
+        r: int(metric(final, "fedmq_updates_total", result="rejected", reason=r))
+        for r in sorted(_reasons(final))
+    }
+    rejected = sum(by_reason.values())
     in_window = metric(after, "fedmq_updates_total", result="accepted") - metric(
         before, "fedmq_updates_total", result="accepted"
     )
@@ -188,6 +190,7 @@ def _row(
         "window_s": round(window, 1),
         "updates_applied": int(accepted),
         "updates_rejected": int(rejected),
+        "rejected_by_reason": {r: n for r, n in by_reason.items() if n},
         "updates_sent": sent,
         "model_downloads": downloads,
         "downloads_per_applied_update": round(downloads / max(accepted, 1), 3),
@@ -210,6 +213,11 @@ def _row(
         ),
         "reconnects": sum(r["connects"] for r in reports) - n,
     }
+
+
+def _why(run: dict[str, Any]) -> str:
+    reasons = run.get("rejected_by_reason") or {}
+    return "".join(f"; {r} {n:,}" for r, n in reasons.items())
 
 
 def _reasons(text: str) -> set[str]:
@@ -273,7 +281,7 @@ def table(r: dict[str, Any]) -> str:
         "pull on ready. CPU is % of one core over the window; RSS the peak sampled.\n\n"
         "| devices | mode | downloads / applied update | updates/s | staleness mean / p90 "
         "| final acc. | aggregator CPU / RSS | Mosquitto RSS | Mosquitto MB / 100 dev. "
-        "| agents MB / 100 dev. | applied (rejected) |\n"
+        "| agents MB / 100 dev. | applied (rejected, by reason) |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
@@ -286,7 +294,7 @@ def table(r: dict[str, Any]) -> str:
             f"{x['aggregator_rss_mb']:.0f} MB | {x['mosquitto_rss_mb']:.1f} MB | "
             f"{x['mosquitto_rss_per_100_devices_mb']:.2f} | "
             f"{x['agent_rss_per_100_devices_mb']:.1f} | "
-            f"{x['updates_applied']:,} ({x['updates_rejected']:,}) |"
+            f"{x['updates_applied']:,} ({x['updates_rejected']:,}{_why(x)}) |"
         )
     return "\n".join(lines) + "\n"
 
