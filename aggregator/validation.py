@@ -67,4 +67,5 @@ def to_contribution(update: Update) -> Contribution:
         device=update.device,
         seq=update.seq,
         metrics=dict(update.metrics),
+        sparse=update.encoding == "topk",
     )

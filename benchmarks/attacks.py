@@ -1,6 +1,7 @@
 """Malicious devices on the virtual clock: accuracy with and without defences.
 
-    .venv/bin/python -m benchmarks.attacks [--fractions 0.1,0.2,0.3] [--out PATH.json]
+    .venv/bin/python -m benchmarks.attacks [--fractions 0.1,0.2,0.3] [--encoding topk:0.1]
+        [--out PATH.json]
 
 FedBuff on digits with 50 devices; for each attack (``tools.sim.attacks.ATTACKS``) and each
 fraction of malicious devices, one run with the default defences and one without, plus
@@ -30,7 +31,8 @@ def _run(cfg: SimConfig, tail: float) -> dict[str, Any]:
     res = simulate(cfg)
     out = res.to_dict()
     start = cfg.budget * (1 - tail)
-    window = [m for t, _, m in res.history if t >= start]
+    # No version in the tail (a run the attack stalled): the accuracy it stalled at.
+    window = [m for t, _, m in res.history if t >= start] or [res.history[-1][2]]
     out["tail_accuracy"] = round(sum(window) / len(window), 4)
     return out
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--defence-params", type=json.loads, default={}, help="JSON, for tuning")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--encoding", default="f32", help="the fleet's, attackers' included")
     args = p.parse_args(argv)
     attacks = args.attacks.split(",")
     base = dict(
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         strategy="fedbuff",
         seed=args.seed,
         budget=args.budget,
+        encoding=args.encoding,
     )
     plan = [("none", 0.0, d) for d in (True, False)]
     plan += [(a, f, d) for a in attacks for f in args.fractions for d in (True, False)]

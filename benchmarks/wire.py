@@ -229,11 +229,13 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
             "`throughput`)."
         )
     out.append(
-        "topk under the trimmed mean: in a FedBuff buffer of K updates most carry a 0 for "
-        "any one coordinate (not sent), so the coordinate-wise trimmed mean cuts the one "
-        "or two devices that did send it as extremes, and error feedback cannot put it back "
-        "(the device has sent it). Without the trimmed mean (`no-trim`, norm bound still "
-        "on), topk with error feedback keeps f32's accuracy."
+        "topk under the trimmed mean: a sparse delta votes only on the coordinates it "
+        "sent (`aggregator/strategies/trimmed.py`): per coordinate the trim cuts "
+        "floor(trim · m) of the m buffered deltas that sent it. Until 2026-12-03 an unsent "
+        "coordinate counted as a vote for 0, so the trim cut the one or two devices that "
+        "did send it as extremes, and error feedback could not put it back: topk:0.1 with "
+        "error feedback was 0.9166 under the defences, -3.43 pt against f32 (same seeds "
+        "and budget)."
     )
     return [line for note in out for line in ("", note)]
 

@@ -45,8 +45,8 @@ class AgentConfig:
     task: str = setting("classification", help="What the model learns.", choices=TASKS)
     encoding: str = setting(
         "f32",
-        help=f"Encoding of the updates sent: {ENCODING_USAGE}. A trimmed mean on the "
-        "aggregator (trim > 0) cuts most of what topk sends (benchmarks/RESULTS.md, wire).",
+        help=f"Encoding of the updates sent: {ENCODING_USAGE} (bytes and accuracy of each: "
+        "benchmarks/RESULTS.md, wire).",
         check=parse_encoding,
     )
     error_feedback: bool = setting(

@@ -24,6 +24,15 @@ class FedmqError(Exception):
     def __str__(self) -> str:
         return f"{self.message} [{self.reason}]"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickling passes only args, which lack the reason: an error
+        # raised in a worker process (a benchmark's pool) could not be unpickled.
+        return _rebuild, (type(self), self.reason, self.message, self.fields)
+
+
+def _rebuild(cls: type[FedmqError], reason: str, message: str, fields: dict[str, Any]) -> Any:
+    return cls(reason, message, **fields)
+
 
 class WireError(FedmqError, ValueError):
     """Raised when bytes or a message do not follow wire format v1."""

@@ -39,6 +39,8 @@ class Contribution:
     ``sent_norm``: the L2 norm of the delta as the device sent it, when the intake has
     re-expressed it for a newer standardization (None: ``delta`` is as sent). A DP
     policy bounds what the device sent, so the policy's norm bound checks this one.
+    ``sparse``: the device sent only some coordinates (topk); a 0 in ``delta`` is one it
+    did not send, which a coordinate-wise trimmed mean must not count as a vote for 0.
     """
 
     delta: Mapping[str, np.ndarray]
@@ -48,6 +50,7 @@ class Contribution:
     seq: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
     sent_norm: float | None = None
+    sparse: bool = False
 
 
 class Strategy(ABC):

@@ -9,6 +9,7 @@ FedYogi (``aggregator.strategies.serveropt``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +22,16 @@ from fedmq.model import Weights
 
 if TYPE_CHECKING:
     from aggregator.strategies.state import StateReader
+
+
+@dataclass(frozen=True)
+class Buffered:
+    """One delta waiting in the buffer: its staleness scale, sample count and sparsity."""
+
+    scale: float
+    samples: int
+    delta: Mapping[str, np.ndarray]
+    sparse: bool = False
 
 
 class FedBuff(Strategy):
@@ -53,7 +64,7 @@ class FedBuff(Strategy):
         self.k = int(k)
         self.server_lr = float(server_lr)
         self.max_staleness = int(max_staleness)
-        self._buffer: list[tuple[float, int, Mapping[str, np.ndarray]]] = []
+        self._buffer: list[Buffered] = []
         self.opt = ServerOptimizer(
             self._weights,
             server_opt,
@@ -85,17 +96,17 @@ class FedBuff(Strategy):
                 device=c.device,
                 staleness=tau,
             )
-        self._buffer.append((1.0 / np.sqrt(1.0 + tau), c.num_samples, c.delta))
+        self._buffer.append(Buffered(1.0 / np.sqrt(1.0 + tau), c.num_samples, c.delta, c.sparse))
         if len(self._buffer) >= self.k_eff:
             return self.flush()
         return False
 
     def combine(self) -> dict[str, np.ndarray]:
         """The sample-weighted mean of the staleness-scaled buffered deltas."""
-        total = float(sum(n for _, n, _ in self._buffer))
+        total = float(sum(b.samples for b in self._buffer))
         return {
             name: sum(
-                (np.float32(scale * n / total) * delta[name] for scale, n, delta in self._buffer),
+                (np.float32(b.scale * b.samples / total) * b.delta[name] for b in self._buffer),
                 np.zeros_like(x),
             ).astype(np.float32)
             for name, x in self._weights.items()
@@ -125,7 +136,7 @@ class FedBuff(Strategy):
         }
 
     def _remap_buffers(self, fn: Callable[[Mapping[str, np.ndarray]], Weights]) -> None:
-        self._buffer = [(scale, n, fn(delta)) for scale, n, delta in self._buffer]
+        self._buffer = [replace(b, delta=fn(b.delta)) for b in self._buffer]
         if self.opt.m:  # the first moment is a sum of deltas: it maps as they do
             self.opt.m = fn(self.opt.m)
 
@@ -133,8 +144,9 @@ class FedBuff(Strategy):
         return {
             "online": -1 if self.online is None else self.online,
             "buffer": [
-                {"scale": float(scale), "samples": n, "delta": dict(delta)}
-                for scale, n, delta in self._buffer
+                {"scale": float(b.scale), "samples": b.samples, "delta": dict(b.delta)}
+                | ({"sparse": 1} if b.sparse else {})
+                for b in self._buffer
             ],
             **self.opt.state(),
         }
@@ -143,8 +155,14 @@ class FedBuff(Strategy):
         # A checkpoint of an earlier fedmq has no "online": the fleet size is unknown.
         online = s.integer("online", lo=-1) if "online" in s.body else -1
         self.online = None if online < 0 else online
+        # "sparse" is absent from a checkpoint of an earlier fedmq and for a dense delta.
         self._buffer = [
-            (e.number("scale"), e.integer("samples", lo=1), e.tensors("delta", like=self._weights))
+            Buffered(
+                e.number("scale"),
+                e.integer("samples", lo=1),
+                e.tensors("delta", like=self._weights),
+                "sparse" in e.body and e.integer("sparse") == 1,
+            )
             for e in s.items("buffer", self.k - 1)
         ]
         self.opt.load(s, self._weights)

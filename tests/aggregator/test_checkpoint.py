@@ -34,6 +34,8 @@ SPECS = {
     ),
     "robust-trimmed-adam": ("fedbuff", {"k": 4, "defence": True, "server_opt": "adam"}),
     "robust-trimmed": ("fedbuff", {"k": 4, "defence": True}),
+    # A trim that cuts among the senders of a coordinate, so sparse and dense differ.
+    "robust-trimmed-wide": ("fedbuff", {"k": 5, "defence": True, "trim": 0.4}),
     "robust-fedbuff": ("fedbuff", {"k": 3, "defence": True, "trim": 0.0}),
     "robust-fedasync-clip": ("fedasync", {"defence": True, "norm_mode": "clip"}),
     "robust-fedavg-off": ("fedavg", {"clients_per_round": 2, "defence": True, "norm_mode": "off"}),
@@ -56,6 +58,7 @@ class Step:
     scale: float
     seed: int
     flush: bool
+    sparse: bool = False  # a topk-like delta: most coordinates not sent
 
 
 steps = st.lists(
@@ -67,6 +70,7 @@ steps = st.lists(
         st.sampled_from([0.01, 1.0, 30.0]),
         st.integers(0, 2**16),
         st.integers(0, 9).map(lambda n: n == 0),  # a deadline flush one step in ten
+        st.booleans(),
     ),
     max_size=25,
 )
@@ -83,11 +87,14 @@ def drive(s: Strategy, plan: list[Step]) -> list[object]:
         delta = {
             k: (rng.standard_normal(v) * step.scale).astype(np.float32) for k, v in SHAPES.items()
         }
+        if step.sparse:
+            delta = {k: np.where(rng.random(v.shape) < 0.4, v, 0) for k, v in delta.items()}
         c = Contribution(
             delta=delta,
             base_version=max(0, s.version - step.lag),
             num_samples=step.samples,
             device=f"d{step.device}" if step.device else "",
+            sparse=step.sparse,
         )
         try:
             out.append(s.apply(c))

@@ -106,6 +106,24 @@ def test_topk_updates_apply_sparse_and_a_bad_index_is_a_counted_rejection(tmp_pa
         np.testing.assert_array_equal(value, again.strategy.weights[name])
 
 
+def test_under_the_trimmed_mean_a_coordinate_one_topk_device_sent_still_moves():
+    live = _intake("fedbuff", k=5, defence=True)  # trim 0.2 of 5: one cut at each end
+    start = {k: v.copy() for k, v in live.strategy.weights.items()}
+    for i in range(5):
+        delta = {k: np.zeros_like(v) for k, v in start.items()}
+        delta["w0"].reshape(-1)[6 * i : 6 * i + 6] = 1.0  # 6 of the 8 topk:0.25 sends
+        payload = Update.from_delta(
+            delta, encoding="topk:0.25", device=f"d{i}", seq=0, base_version=0,
+            num_samples=5, steps=1, loss=0.1,
+        ).encode()  # fmt: skip
+        assert live.handle(TOPICS.update(f"d{i}"), payload).applied
+    assert live.strategy.version == 1
+    moved = live.strategy.weights["w0"].reshape(-1) - start["w0"].reshape(-1)
+    # each one device's of five: 1.0 / 5, where a vote of the other four for 0 cut it to 0
+    np.testing.assert_allclose(moved[:30], 0.2, rtol=1e-6)
+    np.testing.assert_array_equal(moved[30:], 0.0)
+
+
 @settings(max_examples=200, deadline=None)
 @given(topic=st.text(max_size=40), payload=st.binary(max_size=512))
 def test_any_bytes_on_any_topic_are_refused_and_change_nothing(topic, payload):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from aggregator.strategies import (
     Contribution,
@@ -120,6 +123,61 @@ def test_trimmed_mean_drops_the_extremes_per_coordinate():
 )
 def test_trimmed_mean_of_small_buffers_keeps_at_least_one(values, trim, expected):
     assert trimmed_mean(np.array(values)[:, None], trim)[0] == pytest.approx(expected)
+
+
+def brute_trimmed_mean(stack: np.ndarray, trim: float, sent: np.ndarray) -> np.ndarray:
+    """The rule of aggregator.strategies.trimmed, one coordinate at a time."""
+    n = stack.shape[0]
+    out = np.zeros(stack.shape[1:])
+    for j in np.ndindex(stack.shape[1:]):
+        values = sorted(stack[(slice(None), *j)][sent[(slice(None), *j)]])
+        m = len(values)
+        if m:
+            cut = min(int(trim * m), (m - 1) // 2)
+            out[j] = np.mean(values[cut : m - cut]) * m / n
+    return out
+
+
+@settings(deadline=None)
+@given(
+    stack=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 12), st.integers(1, 6)),
+        elements=st.floats(-1e3, 1e3, width=32),
+    ),
+    trim=st.sampled_from([0.0, 0.1, 0.2, 0.34, 0.45]),
+    seed=st.integers(0, 2**16),
+)
+def test_a_sparse_trimmed_mean_trims_among_the_senders_of_each_coordinate(stack, trim, seed):
+    sent = np.random.default_rng(seed).random(stack.shape) < 0.4
+    got = trimmed_mean(stack, trim, sent)
+    np.testing.assert_allclose(got, brute_trimmed_mean(stack, trim, sent), rtol=1e-6, atol=1e-6)
+    # every delta dense: the trimmed mean; no trim: the plain mean, unsent counted as 0
+    everything = np.ones(stack.shape, bool)
+    np.testing.assert_allclose(trimmed_mean(stack, trim, everything), trimmed_mean(stack, trim))
+    np.testing.assert_allclose(
+        trimmed_mean(stack, 0.0, sent), np.where(sent, stack, 0).mean(axis=0), rtol=1e-5, atol=1e-4
+    )
+
+
+def test_a_coordinate_one_topk_device_sent_is_not_cut_as_an_extreme():
+    s = TrimmedFedBuff(w(0.0), k=5, trim=0.2)
+    s.apply(Contribution(delta=w(4.0, 0.0), base_version=0, num_samples=1, sparse=True))
+    for b in (1.0, 2.0, 3.0, 100.0):
+        s.apply(Contribution(delta=w(0.0, b), base_version=0, num_samples=1, sparse=True))
+    # w0[0]: one sender of five -> 4 / 5 (a dense vote would sort 0 0 0 0 4 and keep 0);
+    # w0[1]: four senders, cut floor(0.8) = 0 -> (1 + 2 + 3 + 100) / 5
+    np.testing.assert_allclose(s.weights["w0"], [0.8, 106 / 5], rtol=1e-6)
+
+
+def test_a_dense_delta_votes_on_every_coordinate_beside_sparse_ones():
+    s = TrimmedFedBuff(w(0.0), k=5, trim=0.2)
+    for a in (1.0, 2.0, 3.0):
+        s.apply(Contribution(delta=w(a, 0.0), base_version=0, num_samples=1, sparse=True))
+    s.apply(contrib(50.0, 7.0))  # dense: its 50 is one of four votes, its 7 the only one
+    s.apply(contrib(-9.0, 0.0))  # dense: its 0 on w0[1] is a vote for 0
+    # w0[0]: -9 1 2 3 50, cut 1 -> 2; w0[1]: senders 7 and 0, cut 0 -> (7 / 2) * 2 / 5
+    np.testing.assert_allclose(s.weights["w0"], [2.0, 1.4], rtol=1e-6)
 
 
 def test_trimmed_fedbuff_is_unweighted_and_trims():

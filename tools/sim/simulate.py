@@ -34,11 +34,12 @@ from aggregator.deadline import Deadline
 from aggregator.intake import Intake
 from aggregator.strategies import Strategy, make_strategy
 from fedmq.encodings import parse_encoding
-from fedmq.errors import ConfigError
+from fedmq.errors import ConfigError, WireError
 from fedmq.feedback import ErrorFeedback
 from fedmq.model import Weights, accuracy, init_weights, loss
 from fedmq.topics import Topics
 from fedmq.training import train_local
+from fedmq.wire import Update
 from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
@@ -228,14 +229,16 @@ class _Simulation:
     def _finish(self, dev: _Device, base_version: int, base: dict[str, np.ndarray]) -> None:
         dev.busy = False
         payload = self._payload(dev, base_version, base)
-        outcome = self.intake.handle(self.topics.update(dev.name), payload)
-        if dev.malicious:
-            self.malicious_applied += outcome.applied
-            if outcome.reason is not None:
-                self.malicious_rejected[outcome.reason] += 1
-        if outcome.new_version:
-            self._new_version()
-        elif not self.sync and self.strategy.version > dev.trained_on:
+        if payload is not None:
+            outcome = self.intake.handle(self.topics.update(dev.name), payload)
+            if dev.malicious:
+                self.malicious_applied += outcome.applied
+                if outcome.reason is not None:
+                    self.malicious_rejected[outcome.reason] += 1
+            if outcome.new_version:
+                self._new_version()
+                return
+        if not self.sync and self.strategy.version > dev.trained_on:
             self._start(dev)
         elif self._stalled():
             # Refused updates can leave a FedBuff buffer short of K, or a FedAvg round short
@@ -246,8 +249,12 @@ class _Simulation:
             elif self.sync:
                 self._start_round()
 
-    def _payload(self, dev: _Device, base_version: int, base: Weights) -> bytes:
-        """The bytes device ``dev`` publishes: its update in the fleet's encoding."""
+    def _payload(self, dev: _Device, base_version: int, base: Weights) -> bytes | None:
+        """The bytes device ``dev`` publishes: its update in the fleet's encoding.
+
+        None when an honest delta does not fit the encoding (a diverged model's, past
+        f16's range): the agent reports that and sends nothing.
+        """
         arch, hyper = self.task.arch, self.hyper
         if dev.malicious:
             delta = attack_update(self.cfg.attack, arch, base, dev.x, dev.y, hyper, dev.rng)
@@ -256,18 +263,28 @@ class _Simulation:
             delta, stats = train_local(arch, base, dev.x, dev.y, hyper, dev.rng)
             steps = stats.steps
         nan = dev.malicious and self.cfg.attack == "nan"
-        update = dev.feedback.encode(
-            {k: np.zeros_like(v) for k, v in delta.items()} if nan else delta,
-            encoding=self.cfg.encoding,
-            bounded=hyper.dp_clip > 0,  # as the agent does: the aggregator's DP norm bound
-            device=dev.name,
-            seq=dev.seq,
-            base_version=base_version,
-            num_samples=len(dev.x),
-            steps=steps,
-            loss=None,
-        )
+        fields = dict(
+            device=dev.name, seq=dev.seq, base_version=base_version,
+            num_samples=len(dev.x), steps=steps, loss=None,
+        )  # fmt: skip
         dev.seq += 1
+        try:
+            update = dev.feedback.encode(
+                {k: np.zeros_like(v) for k, v in delta.items()} if nan else delta,
+                encoding=self.cfg.encoding,
+                bounded=hyper.dp_clip > 0,  # as the agent does: the aggregator's DP norm bound
+                **fields,
+            )
+        except WireError:
+            if not dev.malicious:
+                return None
+            # An attack past f16's range (an undefended model diverging): an attacker is
+            # not bound by the fleet's encoding, so it sends the delta as f32, or past
+            # f32's as the non-finite bytes it has become.
+            zero = {k: np.zeros_like(v) for k, v in delta.items()}
+            finite = all(np.isfinite(v).all() for v in delta.values())
+            update = Update.from_delta(delta if finite else zero, encoding="f32", **fields)
+            nan = not finite
         return (poison_nan(update) if nan else update).encode()
 
     def _stalled(self) -> bool:
