@@ -9,7 +9,6 @@ sections (dataclasses); all their settings share the service's one flat table.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import sys
@@ -21,11 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedmq.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 ENV_PREFIX = "FEDMQ_"
 SOURCES = ("flag", "env", "file")
@@ -359,12 +353,18 @@ def spellings(s: Setting) -> list[str]:
 
 
 def _hint(word: str, known: Any, fmt: str) -> str:
+    import difflib  # here: only a mistake needs it, and every agent start imports this
+
     close = difflib.get_close_matches(word, list(known), n=1)
     return f" (did you mean {fmt.format(close[0])}?)" if close else ""
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file; a missing or malformed file is a ConfigError."""
+    if sys.version_info >= (3, 11):  # here: an agent started with flags only needs none
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
     p = Path(path)
     try:
         with p.open("rb") as fh:

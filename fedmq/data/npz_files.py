@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,6 +71,8 @@ def save_npz(path: str | os.PathLike[str], ds: Dataset) -> None:
 
 def _arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Arrays ``x`` and ``y`` of the file, unchecked."""
+    import zipfile  # here: a CSV fleet's agents never need it at start
+
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in ("x", "y") if k not in npz.files]
