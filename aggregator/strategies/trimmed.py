@@ -76,14 +76,14 @@ class TrimmedFedBuff(FedBuff):
         self.trim = float(trim)
 
     def combine(self) -> dict[str, np.ndarray]:
-        sparse = any(b.sparse for b in self._buffer)
+        dense = [not b.sparse for b in self._buffer]
         out = {}
         for name in self._weights:
             stack = np.stack([np.float32(b.scale) * b.delta[name] for b in self._buffer])
             sent = None
-            if sparse:
+            if not all(dense):
                 sent = np.stack([b.delta[name] != 0 for b in self._buffer])
-                sent[[not b.sparse for b in self._buffer]] = True
+                sent[dense] = True
             out[name] = trimmed_mean(stack, self.trim, sent).astype(np.float32)
         return out
 
