@@ -1,19 +1,23 @@
 """Scale on one box: N devices, each its own MQTT connection, against `fedmq aggregator`.
 
     .venv/bin/python -m benchmarks scale [--quick] [--json] [--devices 50,500,1000]
-        [--modes before,after] [--seconds 60] [--workers 4]
+        [--modes before,hold,after] [--seconds 60] [--workers 4]
 
 For each fleet size and mode: a fresh Mosquitto (the packaged dev.conf), the real
 ``fedmq aggregator`` process (FedBuff, defences and ledger on, ONNX export off so its
 CPU is the intake's, ``--eval`` on the digits test split) and ``--workers`` processes of
 ``benchmarks.scale_worker``, each hosting its share of the devices as real edge agents
 (``edge_agent.agent.Agent``), every one with its own connection. ``after`` is the agent
-as shipped (pull on ready); ``before`` the same agent subscribed to the model for its
-whole session, as before issue 12; both run in the same invocation on the same draws.
+as shipped (pull on ready, probing for the retained model between runs); ``hold``
+the same without the probe (it holds the subscription until the model is read);
+``before`` the same agent subscribed to the model for its whole session, as before
+issue 12; all run in the same invocation on the same draws.
 Once every agent is connected, a window of ``--seconds`` measures updates per second,
 the aggregator's CPU (of one core) and RSS, and Mosquitto's RSS, sampled each second.
 Model downloads per applied update are every model payload the agents received over
-the whole run divided by the updates the aggregator applied; staleness is that of the
+the whole run divided by the updates the aggregator applied (and, beside it, by the
+updates sent and by the runs started: the runs still going at the end downloaded their
+model but sent nothing); staleness is that of the
 updates applied in the window (from the ledger); accuracy is the last evaluated version.
 """
 
@@ -46,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="10 devices, 5 s: a smoke run")
     p.add_argument("--out-dir", type=Path, default=None)
     p.add_argument("--devices", default="50,500,1000", help="fleet sizes, comma-separated")
-    p.add_argument("--modes", default="before,after")
+    p.add_argument("--modes", default="before,hold,after")
     p.add_argument("--seconds", type=float, default=60.0, help="the measured window")
     p.add_argument("--workers", type=int, default=4, help="processes hosting the devices")
     p.add_argument("--delays", default="lognormal:2.0,0.5", help="per-device compute time")
@@ -182,6 +186,7 @@ def _row(
     )
     downloads = sum(r["model_downloads"] for r in reports)
     sent = sum(r["updates_sent"] for r in reports)
+    runs = sum(r["runs"] for r in reports)
     agent_rss = sum(r["rss_bytes"] - r["rss_base_bytes"] for r in reports)
     return {
         "devices": n,
@@ -195,6 +200,10 @@ def _row(
         "model_downloads": downloads,
         "downloads_per_applied_update": round(downloads / max(accepted, 1), 3),
         "downloads_per_update_sent": round(downloads / max(sent, 1), 3),
+        # The runs still going when the window closed downloaded their model but sent
+        # nothing yet: per run started is the pull's own figure, without that end effect.
+        "runs": runs,
+        "downloads_per_run": round(downloads / max(runs, 1), 3),
         "updates_per_s": round(in_window / window, 1),
         "versions": int(metric(final, "fedmq_model_version")),
         "final_accuracy": round(metric(final, "fedmq_eval_accuracy"), 4),
@@ -277,18 +286,22 @@ def table(r: dict[str, Any]) -> str:
         f"{s['workers']} worker processes hosting the devices, {s['window_s']:g} s measured "
         f"window after every agent connected. RLIMIT_NOFILE {s['nofile_limit'][0]}; "
         "Mosquitto's max_connections left at its default (-1, unlimited). `before`: agents "
-        "subscribed to the model for the whole session (every published version); `after`: "
-        "pull on ready. CPU is % of one core over the window; RSS the peak sampled.\n\n"
-        "| devices | mode | downloads / applied update | updates/s | staleness mean / p90 "
+        "subscribed to the model for the whole session (every published version); `hold`: "
+        "pull on ready, holding the subscription from a run's end until the model is read; "
+        "`after`: pull on ready with the probe (SUBSCRIBE and UNSUBSCRIBE back to back). "
+        "CPU is % of one core over the window; RSS the peak sampled.\n\n"
+        "| devices | mode | downloads / applied update | per update sent | per run "
+        "| updates/s | staleness mean / p90 "
         "| final acc. | aggregator CPU / RSS | Mosquitto RSS | Mosquitto MB / 100 dev. "
         "| agents MB / 100 dev. | applied (rejected, by reason) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for x in r["runs"]:
         st = x["staleness"]
         lines.append(
             f"| {x['devices']:,} | {x['mode']} | **{x['downloads_per_applied_update']:.3f}** | "
+            f"{x['downloads_per_update_sent']:.3f} | {x['downloads_per_run']:.3f} | "
             f"{x['updates_per_s']:.1f} | {st['mean']:.2f} / {st['p90']:g} | "
             f"{x['final_accuracy']:.4f} | {x['aggregator_cpu_pct']:.0f} % / "
             f"{x['aggregator_rss_mb']:.0f} MB | {x['mosquitto_rss_mb']:.1f} MB | "

@@ -7,10 +7,11 @@ connection, in one asyncio loop.
 Devices ``I .. I+C-1`` of a fleet of ``N``: the shards and compute delays are drawn for
 the whole fleet from the seed (as ``fedmq demo`` draws them), so every worker split
 gives every device the same data and speed. ``after`` runs ``edge_agent.agent.Agent``
-as shipped (pull on ready); ``before`` the same agent subscribed to the model for the
-whole session, as agents were before issue 12. The worker prints ``ready`` once every
-agent is connected, runs until SIGTERM, then writes the agents' summed counters and its
-own RSS to ``--out``.
+as shipped (pull on ready, probing for the retained model between runs); ``hold`` the
+same without the probe (subscribed from the end of a run until the next model is read);
+``before`` subscribed to the model for the whole session, as agents were before issue 12.
+The worker prints ``ready`` once every agent is connected, runs until SIGTERM, then
+writes the agents' summed counters and its own RSS to ``--out``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ class BeforeAgent(Agent):
     pull = AlwaysSubscribed
 
 
+class HoldingPull(ModelPull):
+    """Pull on ready without the probe: between runs the agent subscribes and holds the
+    subscription until the model is read (as from b9bdbbe until the probe)."""
+
+    def may_probe(self) -> bool:
+        return False
+
+
+class HoldingAgent(Agent):
+    pull = HoldingPull
+
+
+KINDS = {"before": BeforeAgent, "hold": HoldingAgent, "after": Agent}
+
+
 def fleet_draws(devices: int, partition_spec: str, delays: str, seed: int) -> tuple[Any, Any]:
     """Every device's shard indices and compute delay, drawn for the whole fleet."""
     task = load_task("digits", seed=seed)
@@ -70,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, required=True)
     p.add_argument("--first", type=int, required=True)
     p.add_argument("--count", type=int, required=True)
-    p.add_argument("--mode", choices=("after", "before"), default="after")
+    p.add_argument("--mode", choices=tuple(KINDS), default="after")
     p.add_argument("--partition", default="iid")
     p.add_argument("--delays", default="lognormal:2.0,0.5")
     p.add_argument("--seed", type=int, default=0)
@@ -83,7 +99,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     task, (parts, delays) = fleet_draws(args.devices, args.partition, args.delays, args.seed)
     base_rss = rss_bytes()
     broker = BrokerConfig.from_url(args.broker)
-    kind = BeforeAgent if args.mode == "before" else Agent
+    kind = KINDS[args.mode]
     agents = []
     for i in range(args.first, args.first + args.count):
         cfg = AgentConfig(
@@ -111,7 +127,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         rss = rss_bytes()
     totals = {
         k: sum(getattr(a.stats, k) for a in agents)
-        for k in ("updates_sent", "bytes_up", "bytes_down", "models_received")
+        for k in ("updates_sent", "runs", "bytes_up", "bytes_down", "models_received")
     }
     return {
         "first": args.first,

@@ -1,7 +1,8 @@
 """The device service: pull the global model when ready, train on it, send the delta.
 
-Pull on ready (``edge_agent.pull``): the agent is subscribed to the retained global
-model only while it waits for a model to train on, and unsubscribes for the run, so it
+Pull on ready (``edge_agent.pull``): between runs the agent asks the broker for its
+retained global model alone (a SUBSCRIBE and UNSUBSCRIBE back to back, the probe), and
+is subscribed only while it waits for a model newer than the one it trained on, so it
 downloads one model per run rather than every version the aggregator publishes. A
 model that still arrives during a run (its UNSUBSCRIBE in flight) is kept and trained
 on next; the run in progress is finished and sent as a (stale) update, because the
@@ -69,6 +70,7 @@ class AgentStats:
     bytes_down: int = 0
     models_received: int = 0
     model_downloads: int = 0  # every payload on model/global, good, bad or already held
+    runs: int = 0  # training runs started, sent or not (one model download each, at best)
     bad_models: int = 0
     connects: int = 0
 
@@ -91,6 +93,7 @@ class Agent:
         self.meter = ProcessMeter()
         self._latest: GlobalModel | None = None
         self._new_model = asyncio.Event()
+        self._model_heard = asyncio.Event()  # a whole model handled: new, old or refused
         self._trained: GlobalModel | None = None  # the model last trained on
         self._last_loss: float | None = None
         self._state = "online"
@@ -260,6 +263,7 @@ class Agent:
             self._record_error(exc.reason, exc.message)
             if self._state != "training":  # a run in progress reports it when it ends
                 await self._publish_status(client, "error")
+            self._model_heard.set()
             return
         self.stats.models_received += 1
         if follows(self._latest, model):
@@ -268,6 +272,7 @@ class Agent:
             if self._use(data):  # read anew through the model's schema: in its order
                 await self._publish_stats(client)
             self._new_model.set()
+        self._model_heard.set()
 
     def _record_error(self, reason: str, message: str) -> None:
         """Remember why a model was refused or a run failed; the last good model stays."""
@@ -294,12 +299,21 @@ class Agent:
 
     async def _next_model(self, pull: ModelPull, stop: asyncio.Event) -> GlobalModel | None:
         """The model to train on next (None on ``stop``), subscribed only while waiting."""
+        probed = False
         while not stop.is_set():
             self._new_model.clear()  # before the check: a model arriving after it sets it
+            self._model_heard.clear()
             model = self._latest
             if model is not None and follows(self._trained, model):
                 await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
                 return self._latest  # a newer one may have come during the UNSUBSCRIBE
+            if not probed and model is not None and pull.may_probe():
+                # A retained model exists (this agent has held one): ask for it alone.
+                # Nothing answering (an operator cleared it) falls back to subscribing.
+                probed = True
+                await pull.probe(self.stats.model_downloads)
+                await wait_any(self._model_heard, stop, timeout=self.cfg.timeout)
+                continue
             await pull.open(self.stats.model_downloads)  # the broker answers: its retained model
             await wait_any(self._new_model, stop)
         return None
@@ -308,6 +322,7 @@ class Agent:
         self, client: aiomqtt.Client, pull: ModelPull, stop: asyncio.Event
     ) -> None:
         while (model := await self._next_model(pull, stop)) is not None:
+            self.stats.runs += 1
             await self._publish_status(client, "training")
             update = await self._attempt(model)
             self._trained = model  # a failed run is not retried on the same model
