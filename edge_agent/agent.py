@@ -1,12 +1,10 @@
 """The device service: pull the global model when ready, train on it, send the delta.
 
-Pull on ready (``edge_agent.pull``): between runs the agent asks the broker for its
-retained global model alone (a SUBSCRIBE and UNSUBSCRIBE back to back, the probe), and
-is subscribed only while it waits for a model newer than the one it trained on, so it
-downloads one model per run rather than every version the aggregator publishes. A
-model that still arrives during a run (its UNSUBSCRIBE in flight) is kept and trained
-on next; the run in progress is finished and sent as a (stale) update, because the
-server's staleness weighting already discounts it and the compute is spent. The same
+Pull on ready (``edge_agent.pull``): between runs the agent probes for the retained
+model alone, subscribed only while it waits for a newer one: one download per run, not
+one per version published. A model that arrives during a run (an UNSUBSCRIBE in flight)
+is trained on next; the run in progress is sent as a (stale) update, as the server's
+staleness weighting discounts it and the compute is spent. The same
 version republished later (a restarted aggregator) counts as new: the agent trains on
 it again. At most one update is in flight: the next run starts only after the broker
 acknowledged (QoS 1 PUBACK) the previous update.
@@ -308,9 +306,7 @@ class Agent:
                 await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
                 return self._latest  # a newer one may have come during the UNSUBSCRIBE
             if not probed and model is not None and pull.may_probe():
-                # A retained model exists (this agent has held one): ask for it alone.
-                # Nothing answering (an operator cleared it) falls back to subscribing.
-                probed = True
+                probed = True  # a retained model exists; unanswered, subscribe instead
                 await pull.probe(self.stats.model_downloads)
                 await wait_any(self._model_heard, stop, timeout=self.cfg.timeout)
                 continue
