@@ -1,7 +1,8 @@
 """FedAsync (Xie, Koyejo, Gupta 2019, "Asynchronous Federated Optimization").
 
 Every accepted update makes a new version: ``x <- (1 - a_t) x + a_t x_new`` with
-``a_t = alpha * s(t - tau)``. Devices send deltas against the version they trained on,
+``a_t = alpha * f(t) * s(t - tau)``, ``f`` a learning-rate schedule (constant unless
+set, ``aggregator.strategies.schedule``). Devices send deltas against the version they trained on,
 so ``x_new = x_tau + delta``; the strategy keeps the last ``max_staleness + 1`` versions
 to rebuild it (cheap for the small models devices train).
 """
@@ -17,6 +18,7 @@ import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import Contribution, Strategy, quiet
+from aggregator.strategies.schedule import Schedule
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Weights
 from fedmq.spec import parse_spec
@@ -86,6 +88,7 @@ class FedAsync(Strategy):
         alpha: float = Defaults.alpha,
         staleness: Staleness | str = Defaults.staleness,
         max_staleness: int = Defaults.max_staleness,
+        server_lr_schedule: str = Defaults.server_lr_schedule,
     ) -> None:
         super().__init__(weights, version)
         if not 0 < alpha <= 1:
@@ -98,6 +101,7 @@ class FedAsync(Strategy):
         if not isinstance(staleness, Staleness):
             raise ConfigError("bad_staleness", f"staleness must be a spec, got {staleness!r}")
         self.s = staleness
+        self.schedule = Schedule.parse(server_lr_schedule)
         self.max_staleness = int(max_staleness)
         self._history: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict(
             [(self._version, self._weights)]
@@ -111,7 +115,8 @@ class FedAsync(Strategy):
             self._history.popitem(last=False)
 
     def mixing(self, staleness: int) -> float:
-        return self.alpha * self.s(staleness)
+        """``a_t``: alpha, times the schedule's factor at this version, times ``s(tau)``."""
+        return self.alpha * self.schedule.factor(self._version) * self.s(staleness)
 
     def apply(self, c: Contribution) -> bool:
         tau = self.staleness(c)
@@ -140,6 +145,7 @@ class FedAsync(Strategy):
             "alpha": self.alpha,
             "staleness": str(self.s),
             "max_staleness": self.max_staleness,
+            **self.schedule.params(),
         }
 
     def init_params(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Round ``r`` serves version ``r``. Only updates trained on that version count; the round
 closes when ``clients_per_round`` have reported, or when the driver calls ``flush()`` at
 the round's deadline. The new model is the sample-weighted mean of the round's
-local models: ``x <- x + eta_g * sum(n_i delta_i) / sum(n_i)``.
+local models: ``x <- x + eta_g * sum(n_i delta_i) / sum(n_i)``, ``eta_g`` times a
+learning-rate schedule's factor (``aggregator.strategies.schedule``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy, quiet
+from aggregator.strategies.schedule import Schedule
 from fedmq.errors import ConfigError, UpdateRejected
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ class FedAvg(Strategy):
         *,
         clients_per_round: int = Defaults.clients_per_round,
         server_lr: float = Defaults.server_lr,
+        server_lr_schedule: str = Defaults.server_lr_schedule,
     ) -> None:
         super().__init__(weights, version)
         if clients_per_round < 1:
@@ -43,6 +46,7 @@ class FedAvg(Strategy):
             )
         self.clients_per_round = int(clients_per_round)
         self.server_lr = float(server_lr)
+        self.schedule = Schedule.parse(server_lr_schedule)
         self._round: dict[str, tuple[int, Mapping[str, np.ndarray]]] = {}
 
     @property
@@ -74,7 +78,7 @@ class FedAvg(Strategy):
         if not self._round:
             return False
         total = float(sum(n for n, _ in self._round.values()))
-        eta = self.server_lr
+        eta = self.server_lr * self.schedule.factor(self._version)
         new = {}
         with quiet():
             for name, x in self._weights.items():
@@ -93,7 +97,11 @@ class FedAvg(Strategy):
         self._round.clear()
 
     def params(self) -> dict[str, Any]:
-        return {"clients_per_round": self.clients_per_round, "server_lr": self.server_lr}
+        return {
+            "clients_per_round": self.clients_per_round,
+            "server_lr": self.server_lr,
+            **self.schedule.params(),
+        }
 
     def _buffers(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,8 @@
 """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation").
 
 Deltas are buffered; each is scaled by ``1 / sqrt(1 + tau)`` and weighted by its
-sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1,
+sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1 (``eta_g``
+times a schedule's factor, ``aggregator.strategies.schedule``),
 or, with ``server_opt``, the mean is a pseudo-gradient for server momentum, FedAdam or
 FedYogi (``aggregator.strategies.serveropt``).
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from aggregator.config import StrategyConfig as Defaults
 from aggregator.strategies.base import MAX_SERVER_LR, Contribution, Strategy, quiet
+from aggregator.strategies.schedule import Schedule
 from aggregator.strategies.serveropt import ServerOptimizer
 from fedmq.errors import ConfigError, UpdateRejected
 from fedmq.model import Weights
@@ -45,6 +47,7 @@ class FedBuff(Strategy):
         *,
         k: int = Defaults.k,
         server_lr: float = Defaults.server_lr,
+        server_lr_schedule: str = Defaults.server_lr_schedule,
         max_staleness: int = Defaults.max_staleness,
         server_opt: str = Defaults.server_opt,
         server_beta1: float = Defaults.server_beta1,
@@ -63,6 +66,7 @@ class FedBuff(Strategy):
             raise ConfigError("bad_param", "max_staleness must be >= 0")
         self.k = int(k)
         self.server_lr = float(server_lr)
+        self.schedule = Schedule.parse(server_lr_schedule)
         self.max_staleness = int(max_staleness)
         self._buffer: list[Buffered] = []
         self.opt = ServerOptimizer(
@@ -116,7 +120,8 @@ class FedBuff(Strategy):
         if not self._buffer:
             return False
         with quiet():
-            candidate, moments = self.opt.candidate(self._weights, self.combine())
+            factor = self.schedule.factor(self._version)
+            candidate, moments = self.opt.candidate(self._weights, self.combine(), factor)
         try:
             self._publish(candidate)
             self.opt.commit(moments)
@@ -131,6 +136,7 @@ class FedBuff(Strategy):
         return {
             "k": self.k,
             "server_lr": self.server_lr,
+            **self.schedule.params(),
             "max_staleness": self.max_staleness,
             **self.opt.params(),
         }

@@ -70,13 +70,18 @@ class ServerOptimizer:
             out |= {"server_beta2": self.beta2, "server_tau": self.tau}
         return out
 
-    def candidate(self, weights: Weights, d: Mapping[str, np.ndarray]) -> tuple[Weights, Any]:
+    def candidate(
+        self, weights: Weights, d: Mapping[str, np.ndarray], factor: float = 1.0
+    ) -> tuple[Weights, Any]:
         """The next weights and the moments that go with them, without committing either.
+
+        ``factor`` scales the learning rate for this step (a schedule's); the moments
+        take the pseudo-gradient unscaled, so a schedule changes the step, not its memory.
 
         The caller commits the moments (``commit``) only once the model gate accepts the
         candidate: a refused flush must leave the optimizer as it was.
         """
-        eta = np.float32(self.lr)
+        eta = np.float32(self.lr * factor)
         if self.opt == "none":
             return {k: (x + eta * d[k]).astype(np.float32) for k, x in weights.items()}, None
         b1 = np.float32(self.beta1)

@@ -26,6 +26,13 @@ SPECS = {
     "fedasync-hinge": ("fedasync", {"staleness": "hinge:0.3,1", "alpha": 0.7}),
     "fedbuff": ("fedbuff", {"k": 3, "max_staleness": 3}),
     "fedavg": ("fedavg", {"clients_per_round": 3}),
+    # Schedules read the version alone: a resumed run must continue them, not restart.
+    "fedasync-step": ("fedasync", {"server_lr_schedule": "step:2,0.5"}),
+    "fedbuff-cosine-momentum": (
+        "fedbuff",
+        {"k": 2, "server_opt": "momentum", "server_lr_schedule": "cosine:5,0.2"},
+    ),
+    "fedavg-invsqrt": ("fedavg", {"clients_per_round": 2, "server_lr_schedule": "invsqrt:2"}),
     "fedbuff-momentum": ("fedbuff", {"k": 2, "server_opt": "momentum", "server_beta1": 0.8}),
     "fedbuff-adam": ("fedbuff", {"k": 2, "server_opt": "adam", "server_lr": 0.05}),
     "robust-fedbuff-yogi": (
