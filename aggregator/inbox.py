@@ -11,12 +11,15 @@ acknowledged only once its whole message is resolved: applied and committed, or
 refused and counted. A kill -9 in between therefore makes the broker deliver every
 unacknowledged chunk again, and the intake's dedupe (device + seq) applies the update
 at most once; chunks lost on the device's side only leave a partial message that times
-out (``chunk_missing``), after which the device's next update gets a new seq.
+out (``chunk_missing``), after which the device's next update gets a new seq. A broker
+whose in-flight window is below the chunks held stalls instead: ``aggregator.stall``
+notices it, warns and counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +29,7 @@ import aiomqtt
 from aggregator.devices import DeviceStates, topic_kind
 from aggregator.intake import Intake, Outcome
 from aggregator.metrics import Metrics
+from aggregator.stall import WindowStalls
 from fedmq.aio import wait_event
 from fedmq.chunks import Chunk, Reassembler, Resolved, is_chunk
 from fedmq.errors import WireError
@@ -35,6 +39,7 @@ MAX_BATCH = 256  # updates per ledger commit at most (a bound on the work betwee
 # aggregator (max_inflight_messages 100 in broker_config/), which would otherwise fill
 # with partial messages and stop delivering the chunks that complete them.
 MAX_HELD_CHUNKS = 64
+log = logging.getLogger("fedmq.aggregator")
 
 
 def reassembler(max_message: int, max_bytes: int, timeout: float) -> Reassembler:
@@ -60,6 +65,7 @@ class Inbox:
         self.devices = DeviceStates()  # from their retained statuses
         self.stats_heard = asyncio.Event()  # set on each feature statistics message
         self.chunks = chunks if chunks is not None else Reassembler(max_chunks=MAX_HELD_CHUNKS)
+        self.stalls = WindowStalls(self.chunks.timeout, self.chunks.max_chunks, log)
 
     async def receive(
         self, client: aiomqtt.Client, persistent: bool, stash: list[aiomqtt.Message]
@@ -67,6 +73,7 @@ class Inbox:
         # A new session: the broker resends what was not acknowledged, so the handles of
         # the old one are void, and so are partial messages built from them.
         self.chunks.clear()
+        self.stalls.heard(0, 0)
         if stash:  # what arrived during the start check, not acknowledged yet
             await self._batch(client, persistent, stash)
         messages = client.messages
@@ -117,6 +124,8 @@ class Inbox:
         await self._updates(updates)
         # Only now is every record of the batch committed.
         self._ack(client, persistent, acks)
+        if any(message.qos for message in batch):  # mostly the first: updates are QoS 1
+            self.stalls.heard(len(self.chunks), self.chunks.nchunks)
 
     def _ack(self, client: aiomqtt.Client, persistent: bool, messages: list[Any]) -> None:
         if persistent:
@@ -149,8 +158,13 @@ class Inbox:
         """Refuse the partial chunked updates that time out (``chunk_missing``), until stop."""
         while not await wait_event(stop, self.chunks.timeout / 4):
             resolved = self.chunks.expire()
-            if resolved:
-                self._ack(client, persistent, await self._resolved(resolved))
+            if not resolved:
+                continue
+            # Only held acknowledgements fill the broker's window: without a persistent
+            # session paho acknowledges on arrival.
+            if persistent and self.stalls.timed_out() and self.metrics is not None:
+                self.metrics.window_stalled()
+            self._ack(client, persistent, await self._resolved(resolved))
 
     async def _updates(self, updates: list[tuple[str, bytes]]) -> None:
         if not updates:

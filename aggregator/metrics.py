@@ -66,6 +66,12 @@ class Metrics:
             buckets=INTAKE_BUCKETS,
             registry=r,
         )
+        self.window_stalls = prom.Counter(
+            "fedmq_chunk_window_stalls",
+            "Times the broker stopped delivering while chunks of partial updates were held "
+            "unacknowledged (its in-flight window is too small; aggregator.stall).",
+            registry=r,
+        )
         for state in STATES:
             self.devices.labels(state).set(0)
         for direction in ("in", "out"):
@@ -112,6 +118,9 @@ class Metrics:
     def evaluated(self, accuracy: float | None) -> None:
         if accuracy is not None:
             self.accuracy.set(accuracy)
+
+    def window_stalled(self) -> None:
+        self.window_stalls.inc()
 
     def device_states(self, counts: Mapping[str, int]) -> None:
         for state in STATES:

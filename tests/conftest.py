@@ -107,17 +107,37 @@ def broker(request: pytest.FixtureRequest) -> LocalBroker:
 PAYLOAD_CAP = 131072
 
 
+# Below the 64 chunks the aggregator's inbox holds unacknowledged: Mosquitto's default
+# is 20, and managed brokers have windows of their own.
+SMALL_WINDOW = 4
+
+
+def _dev_conf_with(
+    factory: pytest.TempPathFactory, name: str, values: dict[str, str]
+) -> Iterator[LocalBroker]:
+    """A Mosquitto from dev.conf with the lines of ``values`` replaced."""
+    from tools.broker.mosquitto import DEV_CONF, substitute_lines
+
+    conf = factory.mktemp(f"mosquitto-{name}") / f"{name}.conf"
+    conf.write_text(substitute_lines(DEV_CONF.read_text(encoding="utf-8"), values))
+    with make_broker("mosquitto", config=conf) as broker:
+        yield broker
+
+
 @pytest.fixture
 def mosquitto_128k(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """A Mosquitto of this test's own that drops any payload over 128 KiB (dev.conf with
     ``message_size_limit 131072``), like a managed broker."""
-    from tools.broker.mosquitto import DEV_CONF, substitute_lines
+    yield from _dev_conf_with(tmp_path_factory, "128k", {"message_size_limit": str(PAYLOAD_CAP)})
 
-    conf = tmp_path_factory.mktemp("mosquitto-128k") / "capped.conf"
-    text = DEV_CONF.read_text(encoding="utf-8")
-    conf.write_text(substitute_lines(text, {"message_size_limit": str(PAYLOAD_CAP)}))
-    with make_broker("mosquitto", config=conf) as broker:
-        yield broker
+
+@pytest.fixture
+def mosquitto_small_window(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """A Mosquitto of this test's own that sends a client at most ``SMALL_WINDOW``
+    unacknowledged QoS 1 messages (dev.conf with ``max_inflight_messages 4``)."""
+    yield from _dev_conf_with(
+        tmp_path_factory, "window", {"max_inflight_messages": str(SMALL_WINDOW)}
+    )
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from fedmq.retained import collect_retained
 from fedmq.topics import Topics
 from fedmq.training import Hyper
 from fedmq.wire import AggregatorStatus, GlobalModel, Update, weights_digest
-from tests.conftest import PAYLOAD_CAP
+from tests.conftest import PAYLOAD_CAP, SMALL_WINDOW
 
 pytestmark = pytest.mark.broker
 WIDE = Arch("mlp", (16, 512, 512, 3))  # 272,387 parameters: 1.09 MB of float32
@@ -278,3 +279,92 @@ async def test_kill_9_between_chunks_loses_nothing_and_applies_once(mosquitto, f
             log.close()
     assert (status.accepted, status.rejected, status.version) == (1, {"malformed": 2}, 1)
     assert GlobalModel.decode(found[topics.model_global]).version == 1
+
+
+def _stall_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "max_inflight_messages" in r.getMessage()
+    ]
+
+
+def _quick_sweep(url: str, fleet: str, out: Path) -> Aggregator:
+    """An aggregator (ledger, so chunks are held unacknowledged) that times chunks out
+    after 1 s and applies each update (FedAsync)."""
+    return Aggregator(
+        AggregatorConfig(
+            broker=BrokerConfig.from_url(url), fleet=fleet, out_dir=out, standardize=False,
+            export_onnx=False, chunk_timeout=1.0, metrics_port=0,
+        ),
+        make_strategy("fedasync", init_weights(SMALL, 0), 0),
+        SMALL,
+        Hyper(),
+    )  # fmt: skip
+
+
+async def test_a_small_broker_window_stalls_partial_updates_and_is_warned_once(
+    mosquitto_small_window, fleet, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fedmq.aggregator")
+    topics = Topics(fleet)
+    agg = _quick_sweep(mosquitto_small_window.url, fleet, tmp_path)
+    kwargs = BrokerConfig.from_url(mosquitto_small_window.url).client_kwargs()
+    a, b = _raw_chunks(_update("a", 0), "a"), _raw_chunks(_update("b", 0), "b")
+    assert len(a) == len(b) == 3 > SMALL_WINDOW / 2
+    stop = asyncio.Event()
+    task = asyncio.create_task(agg.run(stop))
+    try:
+        await asyncio.wait_for(agg.wait_for_version(0), 15)
+        async with aiomqtt.Client(**kwargs) as dev:
+            # Interleaved: the first two chunks of each fill the window, and the broker
+            # holds back the third ones that would complete them.
+            for pa, pb in zip(a, b, strict=True):
+                await dev.publish(topics.update("a"), pa, qos=1)
+                await dev.publish(topics.update("b"), pb, qos=1)
+            # Both resolve: timed out together, or b completes once a's refusal frees
+            # the window.
+            await until(lambda: agg.counters.rejected["chunk_missing"] + agg.counters.accepted == 2)
+            refused, accepted = agg.counters.rejected["chunk_missing"], agg.counters.accepted
+            # The aggregator goes on: later updates, chunked and whole, are applied.
+            for payload in _raw_chunks(_update("a", 1), "a"):
+                await dev.publish(topics.update("a"), payload, qos=1)
+            await dev.publish(topics.update("b"), _update("b", 1).encode(), qos=1)
+            await until(lambda: agg.counters.accepted == accepted + 2)
+    finally:
+        stop.set()
+        await task
+    assert refused >= 1 and dict(agg.counters.rejected) == {"chunk_missing": refused}
+    assert agg.inbox.stalls.count == 1
+    assert agg.metrics.snapshot()["fedmq_chunk_window_stalls_total"] == 1
+    [line] = _stall_warnings(caplog)
+    assert "4 chunks of 2 partial updates" in line
+
+
+async def test_a_device_dying_mid_update_is_no_window_stall(
+    mosquitto, fleet, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="fedmq.aggregator")
+    topics = Topics(fleet)
+    agg = _quick_sweep(mosquitto.url, fleet, tmp_path)
+    kwargs = BrokerConfig.from_url(mosquitto.url).client_kwargs()
+    stop = asyncio.Event()
+    task = asyncio.create_task(agg.run(stop))
+    try:
+        await asyncio.wait_for(agg.wait_for_version(0), 15)
+        async with aiomqtt.Client(**kwargs) as dev:
+            for device in ("a", "b"):  # two devices die after two of their three chunks
+                for payload in _raw_chunks(_update(device, 0), device)[:2]:
+                    await dev.publish(topics.update(device), payload, qos=1)
+            # The rest of the fleet goes on until the partials time out (bounded: 20 s).
+            for seq in range(200):
+                if agg.counters.rejected["chunk_missing"] == 2:
+                    break
+                await dev.publish(topics.update("c"), _update("c", seq).encode(), qos=1)
+                await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+    assert agg.counters.rejected == {"chunk_missing": 2} and agg.counters.accepted >= 5
+    assert agg.inbox.stalls.count == 0 and _stall_warnings(caplog) == []
+    assert agg.metrics.snapshot()["fedmq_chunk_window_stalls_total"] == 0

@@ -15,6 +15,7 @@ def test_series_move_as_the_aggregator_reports() -> None:
     m.published(version=7, nbytes=4000)
     m.evaluated(0.93)
     m.device_states({"idle": 2, "offline": 1})
+    m.window_stalled()
     s = m.snapshot()
     assert s["fedmq_updates_total{reason=,result=accepted}"] == 1
     assert s["fedmq_updates_total{reason=norm_bound,result=rejected}"] == 1
@@ -23,6 +24,7 @@ def test_series_move_as_the_aggregator_reports() -> None:
     assert s["fedmq_bytes_total{direction=out}"] == 4000
     assert s["fedmq_devices{state=idle}"] == 2 and s["fedmq_devices{state=training}"] == 0
     assert s["fedmq_staleness_count"] == 1 and s["fedmq_intake_seconds_count"] == 2
+    assert s["fedmq_chunk_window_stalls_total"] == 1
 
 
 def test_two_aggregators_in_one_process_keep_their_own_series() -> None:
