@@ -32,7 +32,7 @@ from typing import Any
 
 from aggregator.config import StrategyConfig
 from benchmarks.fleet import write_report
-from benchmarks.results import replace_section
+from benchmarks.results import command_line, replace_section
 from tools.sim.demo import DemoConfig, Snapshot, run_demo
 from tools.sim.tasks import centralized_baseline, load_task
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = load_task("digits", seed=args.seed)
     report: dict[str, Any] = {
         "benchmark": "convergence",
-        "command": " ".join(["python -m benchmarks.convergence", *(argv or sys.argv[1:])]),
+        "command": command_line("convergence", sys.argv[1:] if argv is None else argv),
         "machine": machine(),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "fleet": {
