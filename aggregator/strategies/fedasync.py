@@ -2,9 +2,9 @@
 
 Every accepted update makes a new version: ``x <- (1 - a_t) x + a_t x_new`` with
 ``a_t = alpha * f(t) * s(t - tau)``, ``f`` a learning-rate schedule (constant unless
-set, ``aggregator.strategies.schedule``). Devices send deltas against the version they trained on,
-so ``x_new = x_tau + delta``; the strategy keeps the last ``max_staleness + 1`` versions
-to rebuild it (cheap for the small models devices train).
+set, ``aggregator.strategies.schedule``). Devices send deltas against the version they
+trained on, so ``x_new = x_tau + delta``; the strategy keeps the last
+``max_staleness + 1`` versions to rebuild it (cheap for the small models devices train).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation").
 
 Deltas are buffered; each is scaled by ``1 / sqrt(1 + tau)`` and weighted by its
-sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1 (``eta_g``
-times a schedule's factor, ``aggregator.strategies.schedule``),
-or, with ``server_opt``, the mean is a pseudo-gradient for server momentum, FedAdam or
-FedYogi (``aggregator.strategies.serveropt``).
+sample count. When ``k`` have arrived: ``x <- x + eta_g * weighted_mean``, version += 1
+(``eta_g`` times a schedule's factor, ``aggregator.strategies.schedule``), or, with
+``server_opt``, the mean is a pseudo-gradient for server momentum, FedAdam or FedYogi
+(``aggregator.strategies.serveropt``).
 """
 
 from __future__ import annotations
