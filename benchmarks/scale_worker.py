@@ -42,7 +42,7 @@ class AlwaysSubscribed(ModelPull):
     """Before pull on ready: the subscription stays for the whole session, so every
     published version reaches the device, during its runs too."""
 
-    async def start_run(self, downloads: int) -> None:
+    async def start_run(self, downloads: int, trained: Any, model: Any) -> None:
         return None
 
 

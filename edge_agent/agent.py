@@ -1,13 +1,13 @@
 """The device service: pull the global model when ready, train on it, send the delta.
 
-Pull on ready (``edge_agent.pull``): between runs the agent probes for the retained
-model alone, subscribed only while it waits for a newer one: one download per run, not
-one per version published. A model that arrives during a run (an UNSUBSCRIBE in flight)
-is trained on next; the run in progress is sent as a (stale) update, as the server's
-staleness weighting discounts it and the compute is spent. The same
-version republished later (a restarted aggregator) counts as new: the agent trains on
-it again. At most one update is in flight: the next run starts only after the broker
-acknowledged (QoS 1 PUBACK) the previous update.
+Pull on ready (``edge_agent.pull``): the agent asks for the retained model between runs,
+subscribed only while it waits (throughout, when versions are rarer than runs): about
+one download per run, not one per version. A model that arrives during a run (an
+UNSUBSCRIBE in flight, or following) is trained on next; the run in progress is sent as
+a (stale) update, as the server's staleness weighting discounts it and the compute is
+spent. The same version republished later (a restarted aggregator) counts as new: the
+agent trains on it again. At most one update is in flight: the next run starts only
+after the broker acknowledged (QoS 1 PUBACK) the previous update.
 
 Nothing received can stop the agent: a model that fails ``edge_agent.checks``, or a
 run that fails (non-finite result, over ``max_train_seconds``), puts the retained status
@@ -163,7 +163,7 @@ class Agent:
             # The model, and its chunks when it is too large for one payload: subscribed
             # only while ready (edge_agent.pull); every session starts by asking for it.
             pull = self.pull(client, self.topics.model_global_filter, self.stats.model_downloads)
-            await pull.open(self.stats.model_downloads)
+            await pull.open()
             self.connected.set()
             log.info("device %s connected to %s", self.cfg.device, self.cfg.broker.url)
             async with TaskGroup() as tg:
@@ -303,14 +303,14 @@ class Agent:
             self._model_heard.clear()
             model = self._latest
             if model is not None and follows(self._trained, model):
-                await pull.start_run(self.stats.model_downloads)  # unsubscribes to pull
+                await pull.start_run(self.stats.model_downloads, self._trained, model)
                 return self._latest  # a newer one may have come during the UNSUBSCRIBE
             if not probed and model is not None and pull.may_probe():
                 probed = True  # a retained model exists; unanswered, subscribe instead
-                await pull.probe(self.stats.model_downloads)
+                await pull.probe()
                 await wait_any(self._model_heard, stop, timeout=self.cfg.timeout)
                 continue
-            await pull.open(self.stats.model_downloads)  # the broker answers: its retained model
+            await pull.open()  # the broker answers: its retained model
             await wait_any(self._new_model, stop)
         return None
 

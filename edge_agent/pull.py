@@ -6,12 +6,12 @@ the newest version at once, and one that unsubscribes while it trains receives n
 the versions published meanwhile: one download per run instead of one per published
 version (issue 12, item 4).
 
-Between runs, an agent that has held a model (so the broker retains one) *probes*: it
-sends SUBSCRIBE and UNSUBSCRIBE back to back, and the broker answers with its retained
-model alone. Only when that answer is not newer than the model just trained on (nothing
-was published since), or nothing answers, does it hold the subscription (``open``) until
-a newer model comes, and unsubscribe when the run starts. The corners, and why each is
-safe:
+Between runs, an agent that has held a model (so the broker retains one) and has found
+pulling to pay (below) *probes*: it sends SUBSCRIBE and UNSUBSCRIBE back to back, and
+the broker answers with its retained model alone. Otherwise, or when that answer is not
+newer than the model just trained on (nothing was published since), or nothing answers,
+it holds the subscription (``open``) until a newer model comes, and unsubscribes when
+the run starts. The corners, and why each is safe:
 
 - A publish that arrives while an UNSUBSCRIBE is in flight is handled as any other:
   when it is newer, the next run starts from it without subscribing again.
@@ -23,26 +23,59 @@ safe:
 - A new session starts unsubscribed (clean session: the broker forgot the old one).
 
 When versions are rarer than runs (a small fleet whose FedBuff version needs every
-device), that retained copy would be wasted on most runs. So each session switches
-between two modes by the waste it can see: ``pull`` (unsubscribed during runs) and
-``follow`` (subscribed throughout, as agents were before).
+device), those copies would be wasted on most runs, and an agent subscribed
+throughout (``follow``, as agents were before) downloads each version once. So each
+session keeps a *score* of the downloads each mode saved over the other, one cycle (from
+one run's start to the next) at a time, each side counted from what the agent can see:
 
-- In ``pull``, a run that needed more than one download *after its probe or SUBSCRIBE*
-  waited past a retained copy that was not new: the agent switches to ``follow``. Models
-  delivered while an UNSUBSCRIBE was in flight do not count; under load several arrive
-  then, and they say nothing about whether pulling pays.
-- In ``follow``, a cycle (from one run's start to the next) with more than one download
-  received versions that pulling would have skipped: the agent switches to ``pull``.
+- ``pull``: the cycle's downloads, against the versions published since the model last
+  trained on (its version numbers): what ``follow`` would have downloaded. A stale
+  probe answer and the redelivered copy before the next version score +2; one download
+  for five versions, -4.
+- ``follow``: one download if a newer model came during the run (a probe would have
+  found it), two if the agent had to wait (a SUBSCRIBE would have redelivered the model
+  just trained on), against the cycle's downloads.
 
-Either way the next run starts from the newest model the agent can know of, so
-staleness is the same in both.
+The agent follows while the score is positive and pulls otherwise; it probes only once
+pulling has paid (score negative). A new session starts at 0, so its first wait holds
+the subscription: with no evidence yet, a probe would cost a small fleet a stale copy
+on top of the redelivered one, while a hold costs a busy fleet only a version published
+during its round trip, once. That first cycle's count sets the mode. The score is capped
+at ±4, so a busy fleet's occasional stale probe (about one cycle in a hundred at 50
+devices) does not make it follow, and a mode that stops paying is left after a cycle or
+two.
+
+Why not switch on any single wasteful cycle, as before: at 10 devices agents then paid
+two stale copies per session (the probe's and the subscription's) before following, and
+at 50 a stale probe made an agent follow for a cycle or two that downloaded every
+version. What a small fleet's session still pays is the one redelivered copy at its
+first wait: MQTT 3.1.1 has no way to subscribe without the retained copy, and a session
+keeps no evidence from the one before. The next run starts from the newest model the
+agent can know of in either mode, so staleness is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import aiomqtt
+
+if TYPE_CHECKING:
+    from fedmq.wire import GlobalModel
+
+
+CAP = 4  # downloads of evidence either way that the score keeps (see the module docstring)
+
+
+def versions_since(trained: GlobalModel | None, model: GlobalModel) -> int:
+    """Versions published after ``trained`` up to ``model``: what following would download.
+
+    At least one (``model`` is newer); one across a new run or an announced rollback,
+    whose version numbers do not count the publishes between."""
+    if trained is None or (trained.run, trained.rollbacks) != (model.run, model.rollbacks):
+        return 1
+    return max(1, model.version - trained.version)
 
 
 class ModelPull:
@@ -53,27 +86,35 @@ class ModelPull:
         """``downloads``: the agent's model downloads so far (its cumulative counter)."""
         self.client, self.topic = client, topic
         self.subscribed = False
-        self.follow = False
+        self.score = 0  # > 0: following has saved downloads of late; < 0: pulling has
         self._mark = downloads  # at the last run's start
-        self._opened_at: int | None = None  # at the SUBSCRIBE, while pulling
+        self._waited = False  # since then, the agent waited for a newer model
 
-    async def start_run(self, downloads: int) -> None:
-        """A run starts (``downloads`` so far): choose the mode, and unsubscribe to pull."""
+    @property
+    def follow(self) -> bool:
+        """Subscribed during runs: while following has saved more than pulling."""
+        return self.score > 0
+
+    async def start_run(
+        self, downloads: int, trained: GlobalModel | None, model: GlobalModel
+    ) -> None:
+        """A run on ``model`` starts after one on ``trained`` (``downloads`` so far): score the
+        cycle that ends, choose the mode, and unsubscribe to pull."""
+        cost = downloads - self._mark
         if self.follow:
-            wasted = downloads - self._mark > 1
+            saved = (2 if self._waited else 1) - cost
         else:
-            wasted = self._opened_at is not None and downloads - self._opened_at > 1
-        if wasted:
-            self.follow = not self.follow
-        self._mark, self._opened_at = downloads, None
+            saved = cost - versions_since(trained, model)
+        self.score = max(-CAP, min(CAP, self.score + saved))
+        self._mark, self._waited = downloads, False
         if not self.follow:
             await self.close()
 
     def may_probe(self) -> bool:
-        """Pulling and unsubscribed: the next model can be asked for by ``probe``."""
-        return not self.follow and not self.subscribed
+        """Pulling has paid, and unsubscribed: the next model can be asked for by ``probe``."""
+        return self.score < 0 and not self.subscribed
 
-    async def probe(self, downloads: int) -> None:
+    async def probe(self) -> None:
         """SUBSCRIBE and UNSUBSCRIBE back to back: the broker's retained model, alone.
 
         The broker starts sending its retained model when it handles the SUBSCRIBE, and
@@ -85,16 +126,16 @@ class ModelPull:
         the retained copy instead (§3.10.4 allows it for one not yet started) leaves the
         probe unanswered, and the agent falls back to ``open``.
         """
-        self._opened_at = downloads
         await asyncio.gather(
             self.client.subscribe(self.topic, qos=1), self.client.unsubscribe(self.topic)
         )
 
-    async def open(self, downloads: int = 0) -> None:
-        """Subscribe (the broker then sends its retained model) unless subscribed already."""
+    async def open(self) -> None:
+        """The agent waits for a newer model: subscribe (the broker then sends its retained
+        model) unless subscribed already."""
+        self._waited = True
         if not self.subscribed:
             self.subscribed = True
-            self._opened_at = downloads
             await self.client.subscribe(self.topic, qos=1)
 
     async def close(self) -> None:

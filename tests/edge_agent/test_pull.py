@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import agent_helpers as h
 import pytest
 
 from edge_agent.agent import Agent
-from edge_agent.pull import ModelPull
+from edge_agent.pull import CAP, ModelPull, versions_since
 from fedmq.topics import Topics
 from fedmq.wire import Update
 
@@ -72,29 +73,40 @@ async def test_the_retained_copy_of_the_model_just_trained_on_is_not_a_second_ru
 
 
 class _CountingPull(ModelPull):
-    """Counts how a session asked for models: probes, and subscriptions held."""
+    """Counts how a session asked for models: probes, subscriptions held, and waits. A session
+    starts at ``start_score`` (-CAP: pulling has paid already, so its first wait probes)."""
 
     probes = 0
     holds = 0
+    waits = 0
     held = asyncio.Event()
+    start_score = -CAP
+    last: ModelPull
 
-    async def probe(self, downloads: int) -> None:
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.score = self.start_score
+        type(self).last = self
+
+    async def probe(self) -> None:
         type(self).probes += 1
-        await super().probe(downloads)
+        await super().probe()
 
-    async def open(self, downloads: int = 0) -> None:
+    async def open(self) -> None:
         if not self.subscribed:
             type(self).holds += 1
             type(self).held.set()
-        await super().open(downloads)
+        await super().open()
+        type(self).waits += 1
 
 
 class _CountingAgent(Agent):
     pull = _CountingPull
 
 
-def _counting() -> type[_CountingPull]:
+def _counting(start_score: int = -CAP) -> type[_CountingPull]:
     _CountingPull.probes, _CountingPull.holds, _CountingPull.held = 0, 0, asyncio.Event()
+    _CountingPull.waits, _CountingPull.start_score = 0, start_score
     return _CountingPull
 
 
@@ -165,7 +177,7 @@ async def test_a_probe_sends_its_unsubscribe_before_the_broker_answers(broker, f
         paho.subscribe, paho.unsubscribe = record("sub", sub), record("unsub", unsub)
         paho.on_subscribe = record("suback", on_sub)
         pull = ModelPull(c, topic)
-        await pull.probe(0)
+        await pull.probe()
         assert events[:3] == ["sub", "unsub", "suback"]
         assert (await h.next_message(c, topic)).payload == h.model(4)
         # Unsubscribed: a version published now does not come. The broker forwards one
@@ -185,10 +197,10 @@ class _PublishBeforeUnsubscribe(ModelPull):
     late: bytes = b""
     subscribes = 0
 
-    async def open(self, downloads: int = 0) -> None:
+    async def open(self) -> None:
         if not self.subscribed:
             type(self).subscribes += 1
-        await super().open(downloads)
+        await super().open()
 
     async def close(self) -> None:
         if self.subscribed and self.late:
@@ -249,29 +261,123 @@ async def test_a_reconnected_agent_subscribes_again_and_gets_the_retained_model(
     assert agent.stats.connects >= 2
 
 
-async def test_pull_and_follow_switch_on_the_waste_each_can_see(mosquitto, fleet, tmp_path):
-    topic = Topics(fleet).model_global
-    async with h.client(mosquitto.url) as c:
-        pull = ModelPull(c, topic, downloads=0)
-        await pull.open(0)
-        await pull.start_run(1)  # the retained copy on subscribe was new: keep pulling
-        assert (pull.follow, pull.subscribed) == (False, False)
-        # Two more models arrived while the UNSUBSCRIBE was in flight (downloads 2 and 3):
-        # not the pull's waste, so a new retained copy at the SUBSCRIBE keeps it pulling.
-        await pull.open(3)
-        await pull.start_run(4)
-        assert (pull.follow, pull.subscribed) == (False, False)
-        await pull.open(4)
-        await pull.start_run(6)  # it waited past a retained copy that was not new
-        assert (pull.follow, pull.subscribed) == (True, True)
-        await pull.start_run(7)  # one version per run: following costs nothing extra
-        assert (pull.follow, pull.subscribed) == (True, True)
-        await pull.start_run(10)  # three versions during one run: pulling would take one
-        assert (pull.follow, pull.subscribed) == (False, False)
-        await pull.open(10)
-        # Subscribed once more, the broker answers with its retained model at once.
-        await c.publish(topic, h.model(2), qos=1, retain=True)
-        assert (await h.next_message(c, topic)).payload == h.model(2)
+async def _waits(pull: type[_CountingPull], n: int) -> None:
+    while pull.waits < n:  # the agent's waits for a newer model, subscribed or not
+        await asyncio.sleep(0.01)
+
+
+async def test_a_fleet_whose_versions_are_rarer_than_runs_follows_them_one_download_each(
+    broker, fleet, tmp_path
+):
+    topics = Topics(fleet)
+    pull = _counting(start_score=0)  # a new session: no evidence either way
+    async with h.client(broker.url, topics.updates_filter) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+        stop = asyncio.Event()
+        cfg = h.agent(broker.url, fleet, tmp_path, compute_delay=0.1).cfg
+        agent = _CountingAgent(cfg, h.data())
+        task = asyncio.create_task(agent.run(stop))
+        bases = []
+        for version in range(1, 6):
+            # As FedBuff's buffer in a small fleet: the next version needs this device's
+            # update, and comes once the agent waits for it (past its SUBACK).
+            bases += [u.base_version for u in await _updates(observer, topics, 1)]
+            await h.while_running(task, asyncio.wait_for(_waits(pull, version + 1), 10))
+            await observer.publish(topics.model_global, h.model(version), qos=1, retain=True)
+        bases += [u.base_version for u in await _updates(observer, topics, 1)]
+        await h.while_running(task, asyncio.wait_for(_waits(pull, 7), 10))
+        stop.set()
+        await task
+    assert bases == [0, 1, 2, 3, 4, 5]
+    # The session's SUBSCRIBE and its first wait's (which the broker answers with v0 again,
+    # the one copy wasted); then subscribed throughout: each version once, never a probe.
+    assert (pull.holds, pull.probes, pull.last.follow) == (2, 0, True)
+    assert agent.stats.model_downloads == 7
+
+
+async def test_a_busy_fleet_still_pulls_one_download_per_run(broker, fleet, tmp_path):
+    topics = Topics(fleet)
+    status = topics.device_status("pi-1")
+    pull = _counting(start_score=0)
+    async with h.client(broker.url, topics.updates_filter, status) as observer:
+        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+        stop = asyncio.Event()
+        cfg = h.agent(broker.url, fleet, tmp_path, compute_delay=0.4).cfg
+        agent = _CountingAgent(cfg, h.data())
+        task = asyncio.create_task(agent.run(stop))
+        bases = []
+        for run in range(3):  # three versions during every run
+            await h.status_until(observer, status, "training")
+            for version in range(3 * run + 1, 3 * run + 4):
+                await observer.publish(topics.model_global, h.model(version), qos=1, retain=True)
+            bases += [u.base_version for u in await _updates(observer, topics, 1)]
+        await h.status_until(observer, status, "training")  # the fourth run, on v9
+        stop.set()
+        await task
+    assert bases == [0, 3, 6]
+    # The first wait held the subscription (no evidence yet), its count (one download
+    # against three versions) made the agent pull, and from then on it probes.
+    assert (pull.holds, pull.probes, pull.last.follow) == (2, 2, False)
+    assert agent.stats.model_downloads == agent.stats.runs == 4
+
+
+class _FakeClient:
+    """Records the SUBSCRIBE and UNSUBSCRIBE a ``ModelPull`` sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def subscribe(self, topic: str, qos: int = 0) -> None:
+        self.sent.append("sub")
+
+    async def unsubscribe(self, topic: str) -> None:
+        self.sent.append("unsub")
+
+
+def _v(version: int, run: str = "r1", rollbacks: int = 0) -> Any:
+    return SimpleNamespace(run=run, version=version, rollbacks=rollbacks)
+
+
+async def test_pull_and_follow_switch_on_the_downloads_each_would_have_cost():
+    c = _FakeClient()
+    pull = ModelPull(c, "fl/f/model/global/#", downloads=0)  # type: ignore[arg-type]
+    await pull.open()  # the session's SUBSCRIBE: v0
+    await pull.start_run(1, None, _v(0))  # one download, as following: no evidence
+    assert (pull.score, pull.follow, pull.may_probe()) == (0, False, False)
+    await pull.open()  # so the first wait holds rather than probes
+    await pull.start_run(3, _v(0), _v(1))  # v0 redelivered, then v1: following takes one
+    assert (pull.score, pull.follow, pull.subscribed) == (1, True, True)
+    await pull.open()  # a wait while following: no second SUBSCRIBE
+    await pull.start_run(4, _v(1), _v(2))  # one version, after a wait: pulling would take 2
+    assert (pull.score, pull.follow) == (2, True)
+    await pull.start_run(7, _v(2), _v(5))  # three versions during one run: a probe takes 1
+    assert (pull.score, pull.follow, pull.subscribed) == (0, False, False)
+    await pull.open()
+    await pull.start_run(8, _v(5), _v(9))  # one download against four versions
+    assert (pull.score, pull.may_probe()) == (-3, True)
+    await pull.probe()
+    await pull.start_run(9, _v(9), _v(15))
+    assert pull.score == -CAP  # capped: so one stale probe below does not make it follow
+    await pull.probe()  # answered by v15 again, so it subscribes: v15 once more, then v16
+    await pull.open()
+    await pull.start_run(12, _v(15), _v(16))
+    assert (pull.score, pull.follow, pull.may_probe()) == (-2, False, True)
+    sub, unsub = "sub", "unsub"
+    assert c.sent == [sub, unsub, sub, unsub, sub, unsub, sub, unsub, sub, unsub, sub, unsub]
+
+
+@pytest.mark.parametrize(
+    ("trained", "model", "versions"),
+    [
+        (None, _v(4), 1),  # a session's first run
+        (_v(2), _v(7), 5),
+        (_v(7), _v(7), 1),  # the same version republished (a later created_at)
+        (_v(7), _v(2, run="r2"), 1),  # a new federation
+        (_v(7), _v(5, rollbacks=1), 1),  # an announced rollback
+    ],
+)
+def test_versions_since_counts_what_following_would_have_downloaded(trained, model, versions):
+    assert versions_since(trained, model) == versions
 
 
 def test_a_stray_acknowledgement_is_one_debug_line_not_a_traceback(caplog):
