@@ -28,13 +28,14 @@ throughout (``follow``, as agents were before) downloads each version once. So e
 session keeps a *score* of the downloads each mode saved over the other, one cycle (from
 one run's start to the next) at a time, each side counted from what the agent can see:
 
-- ``pull``: the cycle's downloads, against the versions published since the model last
-  trained on (its version numbers): what ``follow`` would have downloaded. A stale
-  probe answer and the redelivered copy before the next version score +2; one download
-  for five versions, -4.
-- ``follow``: one download if a newer model came during the run (a probe would have
-  found it), two if the agent had to wait (a SUBSCRIBE would have redelivered the model
-  just trained on), against the cycle's downloads.
+- ``pull`` (a cycle run unsubscribed): the cycle's downloads, against the versions
+  published since the model the last run started on (its version numbers): what
+  ``follow`` would have downloaded. A stale probe answer and the redelivered copy
+  before the next version score +2; one download for five versions, -4.
+- ``follow`` (a cycle run subscribed): one download if a newer model came during the
+  run (a probe would have found it), two if the agent had to wait (pulling, which
+  starts by holding, would have had the model just trained on redelivered first),
+  against the cycle's downloads.
 
 The agent follows while the score is positive and pulls otherwise; it probes only once
 pulling has paid (score negative). A new session starts at 0, so its first wait holds
@@ -42,8 +43,8 @@ the subscription: with no evidence yet, a probe would cost a small fleet a stale
 on top of the redelivered one, while a hold costs a busy fleet only a version published
 during its round trip, once. That first cycle's count sets the mode. The score is capped
 at ±4, so a busy fleet's occasional stale probe (about one cycle in a hundred at 50
-devices) does not make it follow, and a mode that stops paying is left after a cycle or
-two.
+devices) does not make it follow, and a mode that stops paying is left after at most
+four cycles.
 
 Why not switch on any single wasteful cycle, as before: at 10 devices agents then paid
 two stale copies per session (the probe's and the subscription's) before following, and
@@ -88,6 +89,8 @@ class ModelPull:
         self.subscribed = False
         self.score = 0  # > 0: following has saved downloads of late; < 0: pulling has
         self._mark = downloads  # at the last run's start
+        self._started: GlobalModel | None = None  # the model that run started on
+        self._followed = False  # that run kept the subscription (it was following)
         self._waited = False  # since then, the agent waited for a newer model
 
     @property
@@ -99,16 +102,24 @@ class ModelPull:
         self, downloads: int, trained: GlobalModel | None, model: GlobalModel
     ) -> None:
         """A run on ``model`` starts after one on ``trained`` (``downloads`` so far): score the
-        cycle that ends, choose the mode, and unsubscribe to pull."""
+        cycle that ends, choose the mode, and unsubscribe to pull.
+
+        The cycle is scored by what it did, not by the mode: one that switched to
+        ``follow`` on a probe's answer ran unsubscribed. Following would have downloaded
+        every version since the model the last run *started* on: models that came
+        during its UNSUBSCRIBE are counted on both sides, though the run trained on the
+        newest of them (``trained``, which only a session's first cycle goes by).
+        """
         cost = downloads - self._mark
-        if self.follow:
+        if self._followed:
             saved = (2 if self._waited else 1) - cost
         else:
-            saved = cost - versions_since(trained, model)
+            saved = cost - versions_since(self._started or trained, model)
         self.score = max(-CAP, min(CAP, self.score + saved))
-        self._mark, self._waited = downloads, False
+        self._mark, self._started, self._waited = downloads, model, False
         if not self.follow:
             await self.close()
+        self._followed = self.subscribed
 
     def may_probe(self) -> bool:
         """Pulling has paid, and unsubscribed: the next model can be asked for by ``probe``."""

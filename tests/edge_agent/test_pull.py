@@ -80,6 +80,7 @@ class _CountingPull(ModelPull):
     holds = 0
     waits = 0
     held = asyncio.Event()
+    waited = asyncio.Event()  # set on each wait
     start_score = -CAP
     last: ModelPull
 
@@ -98,6 +99,7 @@ class _CountingPull(ModelPull):
             type(self).held.set()
         await super().open()
         type(self).waits += 1
+        type(self).waited.set()
 
 
 class _CountingAgent(Agent):
@@ -107,6 +109,7 @@ class _CountingAgent(Agent):
 def _counting(start_score: int = -CAP) -> type[_CountingPull]:
     _CountingPull.probes, _CountingPull.holds, _CountingPull.held = 0, 0, asyncio.Event()
     _CountingPull.waits, _CountingPull.start_score = 0, start_score
+    _CountingPull.waited = asyncio.Event()
     return _CountingPull
 
 
@@ -263,7 +266,8 @@ async def test_a_reconnected_agent_subscribes_again_and_gets_the_retained_model(
 
 async def _waits(pull: type[_CountingPull], n: int) -> None:
     while pull.waits < n:  # the agent's waits for a newer model, subscribed or not
-        await asyncio.sleep(0.01)
+        pull.waited.clear()
+        await pull.waited.wait()
 
 
 async def test_a_fleet_whose_versions_are_rarer_than_runs_follows_them_one_download_each(
@@ -364,6 +368,36 @@ async def test_pull_and_follow_switch_on_the_downloads_each_would_have_cost():
     assert (pull.score, pull.follow, pull.may_probe()) == (-2, False, True)
     sub, unsub = "sub", "unsub"
     assert c.sent == [sub, unsub, sub, unsub, sub, unsub, sub, unsub, sub, unsub, sub, unsub]
+
+
+async def _pulling(downloads: int, start: Any) -> ModelPull:
+    """A session that has run on ``start`` and found pulling to pay (score -1)."""
+    pull = ModelPull(_FakeClient(), "fl/f/model/global/#", downloads)  # type: ignore[arg-type]
+    await pull.open()
+    await pull.start_run(downloads + 1, None, start)
+    pull.score = -1
+    return pull
+
+
+async def test_models_that_came_during_the_unsubscribe_count_on_both_sides():
+    pull = await _pulling(0, _v(3))
+    # v4 and v5 arrive while the UNSUBSCRIBE is in flight; the run trains on v5; the
+    # probe then brings v6. Following would have taken the same three.
+    await pull.probe()
+    await pull.start_run(4, _v(5), _v(6))
+    assert (pull.score, pull.follow) == (-1, False)
+
+
+async def test_a_cycle_run_unsubscribed_is_scored_as_pulled_whatever_the_mode():
+    pull = await _pulling(0, _v(3))
+    await pull.probe()  # v4 three times (republished): the probe's cycle switches to follow
+    await pull.start_run(4, _v(3), _v(4))
+    assert (pull.score, pull.follow, pull.subscribed) == (1, True, False)
+    # The run on v4 was unsubscribed: its wait subscribes (v4 redelivered), then v5.
+    # Following would have taken v5 alone, so following gains one.
+    await pull.open()
+    await pull.start_run(6, _v(4), _v(5))
+    assert (pull.score, pull.follow, pull.subscribed) == (2, True, True)
 
 
 @pytest.mark.parametrize(
