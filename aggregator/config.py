@@ -166,7 +166,7 @@ class StrategyConfig:
     server_lr: float = setting(1.0, help="Server learning rate η_g.", applies=("fedbuff", "fedavg"))
     server_lr_schedule: str = setting(
         "constant", help="Server learning-rate schedule over versions, scaling η_g (FedAsync: α): "
-        "constant | step:E,G[,F] | cosine:T[,F] | invsqrt:W (floor F: 0.1).",
+        "constant | step:E,G[,F] | cosine:T[,F] | invsqrt:W[,F] (floor F: 0.1).",
         applies=("fedasync", "fedbuff", "fedavg"),
     )  # fmt: skip
     server_opt: str = setting(

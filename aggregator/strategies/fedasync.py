@@ -115,7 +115,7 @@ class FedAsync(Strategy):
             self._history.popitem(last=False)
 
     def mixing(self, staleness: int) -> float:
-        """``a_t``: alpha, times the schedule's factor at this version, times ``s(tau)``."""
+        """``a_t``: alpha, times the schedule's factor at this version, times ``s(staleness)``."""
         return self.alpha * self.schedule.factor(self._version) * self.s(staleness)
 
     def apply(self, c: Contribution) -> bool:

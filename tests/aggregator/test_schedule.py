@@ -17,12 +17,12 @@ from fedmq.errors import ConfigError
 W = {"w": np.zeros(2, np.float32)}
 D = {"w": np.array([1.0, -1.0], np.float32)}
 
-floats01 = st.floats(1e-6, 1.0)
+floats01 = st.floats(1e-6, 1.0)  # MIN_FLOOR up to 1
 schedules = st.one_of(
     st.just(Schedule()),
     st.builds(Schedule, st.just("step"), st.integers(1, 10_000), st.floats(1e-6, 1.0), floats01),
     st.builds(Schedule, st.just("cosine"), st.integers(1, 10_000), floor=floats01),
-    st.builds(Schedule, st.just("invsqrt"), st.integers(1, 10_000)),
+    st.builds(Schedule, st.just("invsqrt"), st.integers(1, 10_000), floor=floats01),
 )
 
 
@@ -42,7 +42,8 @@ def test_a_factor_is_in_0_1_never_rises_and_its_spec_round_trips(s, t1, t2):
         ("step:10,0.5,0.01", {25: 0.25, 60: 0.015625, 70: 0.01, 10**9: 0.01}),
         ("cosine:100", {0: 1.0, 50: 0.55, 100: 0.1, 5000: 0.1}),
         ("cosine:100,0.2", {0: 1.0, 50: 0.6, 100: 0.2}),
-        ("invsqrt:100", {50: 1.0, 100: 1.0, 400: 0.5, 10_000: 0.1}),
+        ("invsqrt:100", {50: 1.0, 100: 1.0, 400: 0.5, 10_000: 0.1, 10**7: 0.1}),
+        ("invsqrt:100,0.01", {400: 0.5, 10_000: 0.1, 10**6: 0.01, 10**9: 0.01}),
     ],
 )
 def test_each_schedule_gives_its_documented_factors(spec, at):
@@ -69,6 +70,9 @@ def test_each_schedule_gives_its_documented_factors(spec, at):
         "cosine:10,nan",
         "cosine:10,0.1,3",
         "invsqrt:-1",
+        "invsqrt:10,0",
+        "invsqrt:10,0.5,0.1",
+        "step:10,0.5,1e-320",
         "invsqrt:",
         7,
     ],
@@ -77,6 +81,22 @@ def test_a_bad_schedule_is_a_one_line_config_error_naming_the_setting(spec):
     with pytest.raises(ConfigError) as exc:
         Schedule.parse(spec)
     assert "\n" not in str(exc.value) and "server_lr_schedule" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(kind="step", n=2.5, g=0.5),
+        dict(kind="step", n=True, g=0.5),
+        dict(kind="cosine", n=10, g=0.5),
+        dict(kind="invsqrt", n=10, g=0.5),
+        dict(kind="constant", n=5),
+        dict(kind="constant", floor=0.5),
+    ],
+)
+def test_a_schedule_holds_only_the_parameters_its_kind_has(kw):
+    with pytest.raises(ConfigError):
+        Schedule(**kw)
 
 
 def one(version: int = 0, samples: int = 1) -> Contribution:
