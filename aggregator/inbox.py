@@ -89,6 +89,11 @@ class Inbox:
         """Handle what was delivered, in order; acknowledge it all after its commits."""
         updates: list[tuple[str, bytes]] = []
         acks: list[Any] = []
+        # The broker delivered (QoS 0 passes a full window, so it does not count): noted
+        # now too, since the sweep may run while a long batch is on the intake's thread.
+        delivered = any(message.qos for message in batch)  # mostly the first: updates are QoS 1
+        if delivered:
+            self.stalls.heard(len(self.chunks), self.chunks.nchunks)
         for message in batch:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             topic = str(message.topic)
@@ -124,7 +129,7 @@ class Inbox:
         await self._updates(updates)
         # Only now is every record of the batch committed.
         self._ack(client, persistent, acks)
-        if any(message.qos for message in batch):  # mostly the first: updates are QoS 1
+        if delivered:
             self.stalls.heard(len(self.chunks), self.chunks.nchunks)
 
     def _ack(self, client: aiomqtt.Client, persistent: bool, messages: list[Any]) -> None:

@@ -60,10 +60,11 @@ class WindowStalls:
             "the broker delivered nothing for %.1f s while %d chunks of %d partial updates "
             "were held unacknowledged, so they timed out (chunk_missing): its in-flight "
             "window for the aggregator (Mosquitto: max_inflight_messages) is probably "
-            "below %d chunks; set max_inflight_messages 100 or more (stall %d since start)",
+            "below %d chunks; set max_inflight_messages above %d (stall %d since start)",
             silence,
             self._chunks,
             self._partials,
+            self.held_max,
             self.held_max,
             self.count,
         )
