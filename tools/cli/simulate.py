@@ -79,7 +79,8 @@ def simulate_command(
     attack: str = typer.Option(
         "signflip",
         help="What malicious devices send: signflip (the honest delta x -10) | noise "
-        "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y).",
+        "(Gaussian, 10x the honest RMS) | nan | labelflip (trained on labels C-1-y) | "
+        "ridebound (a sign-flip riding just under the norm bound, learned from its refusals).",
     ),
     encoding: str = typer.Option(
         "f32", help=f"How devices put their deltas on the wire: {ENCODING_USAGE}."

@@ -31,7 +31,7 @@ from fedmq.errors import BrokerError, ConfigError
 from fedmq.model import Weights, init_weights
 from fedmq.training import Hyper, TrainStats
 from fedmq.wire import GlobalModel, Update
-from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan, signflip
+from tools.sim.attacks import WIRE_ATTACKS, attack_update, pick_malicious, poison_nan, signflip
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
 from tools.sim.simulate import fleet_params
@@ -66,8 +66,8 @@ class DemoConfig:
             raise ConfigError("bad_devices", "--devices must be at least 1")
         if not 0 <= self.malicious < 1:
             raise ConfigError("bad_malicious", "--malicious must be a fraction in [0, 1)")
-        if self.attack not in ATTACKS:
-            raise ConfigError("bad_attack", f"--attack must be one of {', '.join(ATTACKS)}")
+        if self.attack not in WIRE_ATTACKS:
+            raise ConfigError("bad_attack", f"--attack must be one of {', '.join(WIRE_ATTACKS)}")
         if not self.budget > 0:
             raise ConfigError("bad_budget", "--budget must be a positive number of seconds")
         parse_encoding(self.encoding, "--encoding")

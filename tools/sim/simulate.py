@@ -40,7 +40,14 @@ from fedmq.model import Weights, accuracy, init_weights, loss
 from fedmq.topics import Topics
 from fedmq.training import train_local
 from fedmq.wire import Update
-from tools.sim.attacks import ATTACKS, attack_update, pick_malicious, poison_nan
+from tools.sim.attacks import (
+    ATTACKS,
+    SIGNFLIP_SCALE,
+    attack_update,
+    pick_malicious,
+    poison_nan,
+    ride,
+)
 from tools.sim.delays import DelayModel
 from tools.sim.partition import partition
 from tools.sim.result import SimResult, poison_tolerant, sim_hyper
@@ -107,6 +114,7 @@ class _Device:
     busy: bool = False
     malicious: bool = False
     seq: int = 0
+    attack_scale: float = SIGNFLIP_SCALE  # ridebound's, learned from its refusals
 
     @property
     def name(self) -> str:
@@ -235,6 +243,7 @@ class _Simulation:
                 self.malicious_applied += outcome.applied
                 if outcome.reason is not None:
                     self.malicious_rejected[outcome.reason] += 1
+                dev.attack_scale = ride(dev.attack_scale, outcome.reason == "norm_bound")
             if outcome.new_version:
                 self._new_version()
                 return
@@ -257,7 +266,9 @@ class _Simulation:
         """
         arch, hyper = self.task.arch, self.hyper
         if dev.malicious:
-            delta = attack_update(self.cfg.attack, arch, base, dev.x, dev.y, hyper, dev.rng)
+            delta = attack_update(
+                self.cfg.attack, arch, base, dev.x, dev.y, hyper, dev.rng, dev.attack_scale
+            )
             steps = 0
         else:
             delta, stats = train_local(arch, base, dev.x, dev.y, hyper, dev.rng)

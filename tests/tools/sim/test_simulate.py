@@ -127,6 +127,27 @@ def test_malicious_devices_are_chosen_by_seed():
     assert (out["malicious"], out["attack"], out["defence"]) == (0.3, "signflip", True)
 
 
+def test_a_bound_riding_attacker_learns_to_pass_the_norm_bound():
+    # The hole RESULTS.md measures ("A careful attacker"): not defended yet, so this pins
+    # that the attack is real (its scale falls until the bound lets it through).
+    kw = dict(ATTACK_KW, malicious=0.2)
+    loud = simulate(SimConfig(**kw, attack="signflip")).to_dict()
+    riding = simulate(SimConfig(**kw, attack="ridebound")).to_dict()
+
+    def passed(out: dict) -> float:
+        refused = sum(out["malicious_rejected_by_reason"].values())
+        return out["malicious_applied"] / (out["malicious_applied"] + refused)
+
+    assert passed(loud) < 0.1 < 0.5 < passed(riding), (loud, riding)
+
+
+def test_ride_scales_down_on_each_refusal_and_creeps_up_otherwise():
+    from tools.sim.attacks import RIDE_DOWN, RIDE_UP, ride
+
+    assert ride(10.0, True) == 10.0 * RIDE_DOWN and ride(10.0, False) == 10.0 * RIDE_UP
+    assert RIDE_DOWN * RIDE_UP < 1  # a refusal outweighs a pass: it settles under the bound
+
+
 def test_signflip_is_refused_with_defences_and_ruins_the_model_without():
     clean = simulate(SimConfig(**ATTACK_KW, defence=False)).to_dict()
     kw = dict(ATTACK_KW, malicious=0.2, attack="signflip")
