@@ -154,10 +154,13 @@ class StateReader:
 
     def params(self, key: str) -> dict[str, Scalar]:
         value = self._get(key)
+        # No parameter is infinite or NaN (each strategy refuses those from a config), and
+        # a constructor's int() of one would raise OverflowError or ValueError, not refuse.
         if not isinstance(value, dict) or not all(
-            isinstance(v, bool | int | float | str) for v in value.values()
+            isinstance(v, bool | int | str) or (isinstance(v, float) and math.isfinite(v))
+            for v in value.values()
         ):
-            raise self.bad(key, "must map names to numbers or strings")
+            raise self.bad(key, "must map names to finite numbers or strings")
         return value
 
     def items(self, key: str, max_len: int) -> list[StateReader]:

@@ -309,6 +309,17 @@ def test_fuzz_a_damaged_field_is_refused_or_gives_a_working_strategy(spec, pick,
     drive(back, [Step(1, 0, 3, 1.0, 7, False), Step(2, 1, 3, 1.0, 8, True)])  # still works
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize(("spec", "param"), [("fedbuff", "max_staleness"), ("fedavg", "server_lr")])
+def test_a_non_finite_parameter_is_refused(spec, param, value):
+    # Found by the fuzz above (CI, 2026-12-04): int(inf) in a constructor raised
+    # OverflowError instead of refusing the checkpoint.
+    body = msgpack.unpackb(encode_checkpoint(fresh(spec)), raw=False)
+    body["state"]["params"][param] = value  # what the strategy is rebuilt from
+    with pytest.raises(ConfigError, match="finite"):
+        decode_checkpoint(_pack(body), fresh(spec))
+
+
 @settings(CKPT, max_examples=300)
 @given(spec=st.sampled_from(sorted(SPECS)), cut=st.integers(0, 10**6), flip=st.integers(0, 255))
 def test_fuzz_truncated_or_flipped_bytes_are_refused_or_work(spec, cut, flip):
