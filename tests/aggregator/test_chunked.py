@@ -9,13 +9,14 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -180,25 +181,41 @@ EXPECTED = {
 }
 
 
+def _quick_sweep(url: str, fleet: str, out: Path, strategy: str = "fedasync") -> Aggregator:
+    """An aggregator (ledger, so chunks are held unacknowledged) that times chunks out
+    after 1 s; FedAsync applies each update, FedBuff (K=10) keeps one pending."""
+    return Aggregator(
+        AggregatorConfig(
+            broker=BrokerConfig.from_url(url), fleet=fleet, out_dir=out, standardize=False,
+            export_onnx=False, chunk_timeout=1.0, metrics_port=0,
+        ),
+        make_strategy(strategy, init_weights(SMALL, 0), 0),
+        SMALL,
+        Hyper(),
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _serving(agg: Aggregator) -> AsyncIterator[None]:
+    """``agg`` running with its first model published; stopped on the way out."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(agg.run(stop))
+    try:
+        await asyncio.wait_for(agg.wait_for_version(0), 15)
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 async def test_bad_chunks_from_mosquitto_pub_are_refused_counted_and_change_nothing(
     mosquitto_128k, fleet, tmp_path
 ) -> None:
     pub = shutil.which("mosquitto_pub")
     assert pub, "mosquitto_pub is missing: apt-get install mosquitto-clients"
     topics = Topics(fleet)
-    agg = Aggregator(
-        AggregatorConfig(
-            broker=BrokerConfig.from_url(mosquitto_128k.url), fleet=fleet, out_dir=tmp_path,
-            standardize=False, export_onnx=False, chunk_timeout=1.0, metrics_port=0,
-        ),
-        make_strategy("fedbuff", init_weights(SMALL, 0), 0),  # K=10: one update is pending
-        SMALL,
-        Hyper(),
-    )  # fmt: skip
-    stop = asyncio.Event()
-    task = asyncio.create_task(agg.run(stop))
-    try:
-        await asyncio.wait_for(agg.wait_for_version(0), 15)
+    agg = _quick_sweep(mosquitto_128k.url, fleet, tmp_path, "fedbuff")  # one update pending
+    async with _serving(agg):
         before = weights_digest(SMALL, agg.strategy.weights)
         base = ["-h", "127.0.0.1", "-p", str(mosquitto_128k.port), "-q", "1"]
         for n, (topic, payload) in enumerate(_hostile(topics)):
@@ -212,9 +229,6 @@ async def test_bad_chunks_from_mosquitto_pub_are_refused_counted_and_change_noth
         await until(lambda: agg.counters.accepted >= 1)
         url = f"http://127.0.0.1:{agg.metrics.port}/metrics"
         metrics = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
-    finally:
-        stop.set()
-        await task
     assert dict(agg.counters.rejected) == EXPECTED
     assert agg.counters.accepted == 1
     assert (agg.strategy.version, weights_digest(SMALL, agg.strategy.weights)) == (0, before)
@@ -289,20 +303,6 @@ def _stall_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-def _quick_sweep(url: str, fleet: str, out: Path) -> Aggregator:
-    """An aggregator (ledger, so chunks are held unacknowledged) that times chunks out
-    after 1 s and applies each update (FedAsync)."""
-    return Aggregator(
-        AggregatorConfig(
-            broker=BrokerConfig.from_url(url), fleet=fleet, out_dir=out, standardize=False,
-            export_onnx=False, chunk_timeout=1.0, metrics_port=0,
-        ),
-        make_strategy("fedasync", init_weights(SMALL, 0), 0),
-        SMALL,
-        Hyper(),
-    )  # fmt: skip
-
-
 async def test_a_small_broker_window_stalls_partial_updates_and_is_warned_once(
     mosquitto_small_window, fleet, tmp_path, caplog
 ) -> None:
@@ -312,28 +312,21 @@ async def test_a_small_broker_window_stalls_partial_updates_and_is_warned_once(
     kwargs = BrokerConfig.from_url(mosquitto_small_window.url).client_kwargs()
     a, b = _raw_chunks(_update("a", 0), "a"), _raw_chunks(_update("b", 0), "b")
     assert len(a) == len(b) == 3 > SMALL_WINDOW / 2
-    stop = asyncio.Event()
-    task = asyncio.create_task(agg.run(stop))
-    try:
-        await asyncio.wait_for(agg.wait_for_version(0), 15)
-        async with aiomqtt.Client(**kwargs) as dev:
-            # Interleaved: the first two chunks of each fill the window, and the broker
-            # holds back the third ones that would complete them.
-            for pa, pb in zip(a, b, strict=True):
-                await dev.publish(topics.update("a"), pa, qos=1)
-                await dev.publish(topics.update("b"), pb, qos=1)
-            # Both resolve: timed out together, or b completes once a's refusal frees
-            # the window.
-            await until(lambda: agg.counters.rejected["chunk_missing"] + agg.counters.accepted == 2)
-            refused, accepted = agg.counters.rejected["chunk_missing"], agg.counters.accepted
-            # The aggregator goes on: later updates, chunked and whole, are applied.
-            for payload in _raw_chunks(_update("a", 1), "a"):
-                await dev.publish(topics.update("a"), payload, qos=1)
-            await dev.publish(topics.update("b"), _update("b", 1).encode(), qos=1)
-            await until(lambda: agg.counters.accepted == accepted + 2)
-    finally:
-        stop.set()
-        await task
+    async with _serving(agg), aiomqtt.Client(**kwargs) as dev:
+        # Interleaved: the first two chunks of each fill the window, and the broker
+        # holds back the third ones that would complete them.
+        for pa, pb in zip(a, b, strict=True):
+            await dev.publish(topics.update("a"), pa, qos=1)
+            await dev.publish(topics.update("b"), pb, qos=1)
+        # Both resolve: timed out together, or b completes once a's refusal frees
+        # the window.
+        await until(lambda: agg.counters.rejected["chunk_missing"] + agg.counters.accepted == 2)
+        refused, accepted = agg.counters.rejected["chunk_missing"], agg.counters.accepted
+        # The aggregator goes on: later updates, chunked and whole, are applied.
+        for payload in _raw_chunks(_update("a", 1), "a"):
+            await dev.publish(topics.update("a"), payload, qos=1)
+        await dev.publish(topics.update("b"), _update("b", 1).encode(), qos=1)
+        await until(lambda: agg.counters.accepted == accepted + 2)
     assert refused >= 1 and dict(agg.counters.rejected) == {"chunk_missing": refused}
     assert agg.inbox.stalls.count == 1
     assert agg.metrics.snapshot()["fedmq_chunk_window_stalls_total"] == 1
@@ -348,23 +341,16 @@ async def test_a_device_dying_mid_update_is_no_window_stall(
     topics = Topics(fleet)
     agg = _quick_sweep(mosquitto.url, fleet, tmp_path)
     kwargs = BrokerConfig.from_url(mosquitto.url).client_kwargs()
-    stop = asyncio.Event()
-    task = asyncio.create_task(agg.run(stop))
-    try:
-        await asyncio.wait_for(agg.wait_for_version(0), 15)
-        async with aiomqtt.Client(**kwargs) as dev:
-            for device in ("a", "b"):  # two devices die after two of their three chunks
-                for payload in _raw_chunks(_update(device, 0), device)[:2]:
-                    await dev.publish(topics.update(device), payload, qos=1)
-            # The rest of the fleet goes on until the partials time out (bounded: 20 s).
-            for seq in range(200):
-                if agg.counters.rejected["chunk_missing"] == 2:
-                    break
-                await dev.publish(topics.update("c"), _update("c", seq).encode(), qos=1)
-                await asyncio.sleep(0.1)
-    finally:
-        stop.set()
-        await task
+    async with _serving(agg), aiomqtt.Client(**kwargs) as dev:
+        for device in ("a", "b"):  # two devices die after two of their three chunks
+            for payload in _raw_chunks(_update(device, 0), device)[:2]:
+                await dev.publish(topics.update(device), payload, qos=1)
+        # The rest of the fleet goes on until the partials time out (bounded: 20 s).
+        for seq in range(200):
+            if agg.counters.rejected["chunk_missing"] == 2:
+                break
+            await dev.publish(topics.update("c"), _update("c", seq).encode(), qos=1)
+            await asyncio.sleep(0.1)
     assert agg.counters.rejected == {"chunk_missing": 2} and agg.counters.accepted >= 5
     assert agg.inbox.stalls.count == 0 and _stall_warnings(caplog) == []
     assert agg.metrics.snapshot()["fedmq_chunk_window_stalls_total"] == 0
