@@ -66,7 +66,15 @@ async def status_until(
             return status
 
 
-def agent(url: str, fleet: str, state_dir: Path, device: str = "pi-1", **cfg: Any) -> Agent:
+def agent(
+    url: str,
+    fleet: str,
+    state_dir: Path,
+    device: str = "pi-1",
+    cls: type[Agent] = Agent,
+    **cfg: Any,
+) -> Agent:
+    """An agent of ``cls`` (a test's subclass) on ``data()``, with settings ``cfg``."""
     config = AgentConfig(
         broker=BrokerConfig.from_url(url),
         device=device,
@@ -75,7 +83,7 @@ def agent(url: str, fleet: str, state_dir: Path, device: str = "pi-1", **cfg: An
         seed=1,
         **cfg,
     )
-    return Agent(config, data())
+    return cls(config, data())
 
 
 def spawn_agent(

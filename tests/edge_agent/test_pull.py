@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import agent_helpers as h
+import aiomqtt
 import pytest
 
 from edge_agent.agent import Agent
@@ -26,14 +27,21 @@ async def _updates(observer, topics: Topics, n: int) -> list[Update]:
     ]
 
 
+async def _start(
+    observer: aiomqtt.Client, topics: Topics, agent: Agent
+) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """``agent`` running on a fleet whose broker retains v0; set the event to stop it."""
+    await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
+    stop = asyncio.Event()
+    return asyncio.create_task(agent.run(stop)), stop
+
+
 async def test_versions_published_during_a_run_are_not_downloaded(broker, fleet, tmp_path):
     topics = Topics(fleet)
     status = topics.device_status("pi-1")
     async with h.client(broker.url, topics.updates_filter, status) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
         agent = h.agent(broker.url, fleet, tmp_path, compute_delay=0.5)
-        task = asyncio.create_task(agent.run(stop))
+        task, stop = await _start(observer, topics, agent)
         # "training" is published after the UNSUBACK: nothing below reaches the agent.
         await h.status_until(observer, status, "training")
         for version in range(1, 6):
@@ -53,10 +61,8 @@ async def test_the_retained_copy_of_the_model_just_trained_on_is_not_a_second_ru
     topics = Topics(fleet)
     status = topics.device_status("pi-1")
     async with h.client(broker.url, topics.updates_filter, status) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
         agent = h.agent(broker.url, fleet, tmp_path)
-        task = asyncio.create_task(agent.run(stop))
+        task, stop = await _start(observer, topics, agent)
         (first,) = await _updates(observer, topics, 1)
         await h.status_until(observer, status, "idle")
         # Retained, as the aggregator publishes: whether it reaches the broker before or
@@ -118,11 +124,8 @@ async def test_between_runs_the_agent_probes_for_the_retained_model_alone(broker
     status = topics.device_status("pi-1")
     pull = _counting()
     async with h.client(broker.url, topics.updates_filter, status) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
-        cfg = h.agent(broker.url, fleet, tmp_path, compute_delay=0.3).cfg
-        agent = _CountingAgent(cfg, h.data())
-        task = asyncio.create_task(agent.run(stop))
+        agent = h.agent(broker.url, fleet, tmp_path, compute_delay=0.3, cls=_CountingAgent)
+        task, stop = await _start(observer, topics, agent)
         await h.status_until(observer, status, "training")
         for version in range(1, 4):
             await observer.publish(topics.model_global, h.model(version), qos=1, retain=True)
@@ -142,11 +145,10 @@ async def test_a_probe_that_nothing_answers_falls_back_to_holding_the_subscripti
     status = topics.device_status("pi-1")
     pull = _counting()
     async with h.client(broker.url, topics.updates_filter, status) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
-        cfg = h.agent(broker.url, fleet, tmp_path, compute_delay=0.3, timeout=2.0).cfg
-        agent = _CountingAgent(cfg, h.data())
-        task = asyncio.create_task(agent.run(stop))
+        agent = h.agent(
+            broker.url, fleet, tmp_path, compute_delay=0.3, timeout=2.0, cls=_CountingAgent
+        )
+        task, stop = await _start(observer, topics, agent)
         await h.status_until(observer, status, "training")
         pull.held.clear()
         # An operator clears the retained model during the run: the probe gets nothing.
@@ -224,11 +226,8 @@ async def test_a_model_arriving_while_unsubscribing_is_the_one_trained_on(
     topics = Topics(fleet)
     _PublishBeforeUnsubscribe.late, _PublishBeforeUnsubscribe.subscribes = h.model(7), 0
     async with h.client(mosquitto.url, topics.updates_filter) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
-        cfg = h.agent(mosquitto.url, fleet, tmp_path, compute_delay=0.5).cfg
-        agent = _RacingAgent(cfg, h.data())
-        task = asyncio.create_task(agent.run(stop))
+        agent = h.agent(mosquitto.url, fleet, tmp_path, compute_delay=0.5, cls=_RacingAgent)
+        task, stop = await _start(observer, topics, agent)
         bases = []
         while 7 not in bases:
             bases += [u.base_version for u in await _updates(observer, topics, 1)]
@@ -248,10 +247,8 @@ async def test_a_reconnected_agent_subscribes_again_and_gets_the_retained_model(
     topics = Topics(fleet)
     b = new_broker("mosquitto").start()
     async with h.client(b.url, topics.updates_filter) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
         agent = h.agent(b.url, fleet, tmp_path, backoff_base=0.05)
-        task = asyncio.create_task(agent.run(stop))
+        task, stop = await _start(observer, topics, agent)
         await _updates(observer, topics, 1)
     b.restart()
     async with h.client(b.url, topics.updates_filter) as observer:
@@ -276,11 +273,8 @@ async def test_a_fleet_whose_versions_are_rarer_than_runs_follows_them_one_downl
     topics = Topics(fleet)
     pull = _counting(start_score=0)  # a new session: no evidence either way
     async with h.client(broker.url, topics.updates_filter) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
-        cfg = h.agent(broker.url, fleet, tmp_path, compute_delay=0.1).cfg
-        agent = _CountingAgent(cfg, h.data())
-        task = asyncio.create_task(agent.run(stop))
+        agent = h.agent(broker.url, fleet, tmp_path, compute_delay=0.1, cls=_CountingAgent)
+        task, stop = await _start(observer, topics, agent)
         bases = []
         for version in range(1, 6):
             # As FedBuff's buffer in a small fleet: the next version needs this device's
@@ -304,11 +298,8 @@ async def test_a_busy_fleet_still_pulls_one_download_per_run(broker, fleet, tmp_
     status = topics.device_status("pi-1")
     pull = _counting(start_score=0)
     async with h.client(broker.url, topics.updates_filter, status) as observer:
-        await observer.publish(topics.model_global, h.model(0), qos=1, retain=True)
-        stop = asyncio.Event()
-        cfg = h.agent(broker.url, fleet, tmp_path, compute_delay=0.4).cfg
-        agent = _CountingAgent(cfg, h.data())
-        task = asyncio.create_task(agent.run(stop))
+        agent = h.agent(broker.url, fleet, tmp_path, compute_delay=0.4, cls=_CountingAgent)
+        task, stop = await _start(observer, topics, agent)
         bases = []
         for run in range(3):  # three versions during every run
             await h.status_until(observer, status, "training")
