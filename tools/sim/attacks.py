@@ -71,7 +71,7 @@ def attack_update(
         return train_local(arch, base, x, flipped, hyper, rng)[0]
     honest, _ = train_local(arch, base, x, y, hyper, rng)
     if attack in ("signflip", "ridebound"):
-        return signflip(honest, SIGNFLIP_SCALE if attack == "signflip" else scale)
+        return signflip(honest, scale if attack == "ridebound" else SIGNFLIP_SCALE)
     size = sum(v.size for v in honest.values())
     rms = float(np.sqrt(sum(float(np.sum(np.square(v))) for v in honest.values()) / size))
     return {

@@ -243,7 +243,8 @@ class _Simulation:
                 self.malicious_applied += outcome.applied
                 if outcome.reason is not None:
                     self.malicious_rejected[outcome.reason] += 1
-                dev.attack_scale = ride(dev.attack_scale, outcome.reason == "norm_bound")
+                if self.cfg.attack == "ridebound":
+                    dev.attack_scale = ride(dev.attack_scale, outcome.reason == "norm_bound")
             if outcome.new_version:
                 self._new_version()
                 return
